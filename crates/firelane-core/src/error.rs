@@ -15,6 +15,16 @@ pub enum Error {
     /// No job has this id.
     #[error("no job with id {0}")]
     JobNotFound(JobId),
+    /// The job's state does not allow what was asked.
+    #[error("cannot {action} job {id}: it is {state}")]
+    Refused {
+        /// The job.
+        id: JobId,
+        /// Its state.
+        state: crate::JobState,
+        /// What was asked (`delete`, `requeue`).
+        action: &'static str,
+    },
     /// A text that should be a job id is not one.
     #[error("{0:?} is not a job id (expected a UUID such as 0193a5a0-7c3e-7b52-8f6c-1d2e3f4a5b6c)")]
     InvalidJobId(String),
