@@ -1,0 +1,360 @@
+//! The server's loops. Each runs until the server stops and is restarted if it panics.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+
+use super::{Shared, runner};
+use crate::job::CancelReason;
+use crate::{Completion, CompletionStatus, FetchRequest, Heartbeat, JobId, JobState, Signal};
+
+/// Runs `body` in its own task and starts it again after a panic, until the server stops.
+pub(super) fn supervise<F, Fut>(name: &'static str, shared: &Arc<Shared>, body: F) -> JoinHandle<()>
+where
+    F: Fn(Arc<Shared>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        loop {
+            match tokio::spawn(body(Arc::clone(&shared))).await {
+                Ok(()) => return,
+                Err(e) if e.is_panic() => {
+                    shared.counters.loop_restarts.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(server = %shared.info.id, loop_name = name, "server loop panicked; restarting it in 1 s");
+                    tokio::select! {
+                        () = shared.heartbeat_stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+/// Exponential back-off for a store that fails: 100 ms doubling up to 5 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    const START: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        Backoff(Self::START)
+    }
+
+    fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Self::MAX);
+        d
+    }
+
+    fn reset(&mut self) {
+        self.0 = Self::START;
+    }
+}
+
+fn to_chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+fn until(at: DateTime<Utc>) -> Duration {
+    (at - Utc::now()).to_std().unwrap_or(Duration::ZERO)
+}
+
+/// Cancels a running job that lost its lease, saying why.
+fn revoke(shared: &Shared, id: JobId, state: JobState) {
+    if let Some(job) = shared.running().get(&id) {
+        let reason = match state {
+            JobState::Deleted => CancelReason::Deleted,
+            JobState::Enqueued | JobState::Scheduled => CancelReason::Requeued,
+            _ => CancelReason::LeaseLost,
+        };
+        tracing::info!(
+            job.id = %id,
+            job.name = %job.name,
+            running_for = ?job.started.elapsed(),
+            ?reason,
+            "running job lost its lease; cancelling it"
+        );
+        job.cancellation.cancel(reason);
+    }
+}
+
+/// Turns the store's wake-ups into work for the other loops.
+pub(super) async fn signals(shared: Arc<Shared>) {
+    let mut rx = shared.storage.subscribe();
+    loop {
+        let signal = tokio::select! {
+            () = shared.stop.cancelled() => return,
+            s = rx.recv() => s,
+        };
+        match signal {
+            Ok(Signal::Enqueued { queue }) => {
+                if shared.config.queues.contains(&queue) {
+                    shared.fetch_wakeup.notify_one();
+                }
+            }
+            Ok(Signal::Scheduled { at }) => {
+                if at.timestamp_micros() < shared.next_wake_micros.load(Ordering::Relaxed) {
+                    shared.schedule_wakeup.notify_one();
+                }
+            }
+            Ok(Signal::Revoked { id, state }) => revoke(&shared, id, state),
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                shared.fetch_wakeup.notify_one();
+                shared.schedule_wakeup.notify_one();
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                shared.stop.cancelled().await;
+                return;
+            }
+        }
+    }
+}
+
+/// Leases as many jobs as there are free workers, and starts them.
+pub(super) async fn fetcher(shared: Arc<Shared>) {
+    let mut backoff = Backoff::new();
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = shared.stop.cancelled() => return,
+            p = Arc::clone(&shared.semaphore).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let mut permits = vec![first];
+        while permits.len() < shared.config.fetch_batch {
+            match Arc::clone(&shared.semaphore).try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let wanted = permits.len();
+        let now = Utc::now();
+        let request = FetchRequest::new(
+            shared.info.id.clone(),
+            shared.config.queues.clone(),
+            wanted,
+            now,
+            shared.config.lease,
+        )
+        .names(shared.names.clone());
+        match shared.storage.fetch(request).await {
+            Ok(jobs) => {
+                backoff.reset();
+                let got = jobs.len();
+                for job in jobs {
+                    let Some(permit) = permits.pop() else {
+                        // A store returned more than asked; it keeps its lease and is
+                        // recovered when the lease lapses.
+                        tracing::error!(job.id = %job.id, "store returned more jobs than asked for");
+                        break;
+                    };
+                    runner::spawn(Arc::clone(&shared), job, permit);
+                }
+                drop(permits);
+                if got < wanted {
+                    tokio::select! {
+                        () = shared.stop.cancelled() => return,
+                        () = shared.fetch_wakeup.notified() => {}
+                        () = tokio::time::sleep(shared.config.poll_interval) => {}
+                    }
+                }
+            }
+            Err(e) => {
+                drop(permits);
+                let wait = backoff.next();
+                tracing::warn!(error = %e, retry_in = ?wait, "fetching jobs failed");
+                tokio::select! {
+                    () = shared.stop.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Writes outcomes in batches; keeps retrying while the store is down.
+pub(super) async fn completer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Completion>) {
+    let limit = shared.config.completion_batch;
+    let mut batch: Vec<Completion> = Vec::new();
+    loop {
+        if batch.is_empty() {
+            tokio::select! {
+                biased;
+                c = rx.recv() => match c {
+                    Some(c) => batch.push(c),
+                    None => return,
+                },
+                () = shared.completer_close.cancelled() => {
+                    while let Ok(c) = rx.try_recv() {
+                        batch.push(c);
+                    }
+                    if batch.is_empty() {
+                        return;
+                    }
+                }
+            }
+        }
+        while batch.len() < limit {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        flush(&shared, &mut batch).await;
+    }
+}
+
+async fn flush(shared: &Shared, batch: &mut Vec<Completion>) {
+    let mut backoff = Backoff::new();
+    let mut closing_since = None;
+    loop {
+        match shared.storage.complete(batch.clone()).await {
+            Ok(statuses) => {
+                for (c, s) in batch.iter().zip(statuses) {
+                    if s == CompletionStatus::Stale {
+                        tracing::info!(job.id = %c.id, "outcome ignored: the job's lease had passed to someone else");
+                    }
+                }
+                batch.clear();
+                return;
+            }
+            Err(e) => {
+                if shared.completer_close.is_cancelled() {
+                    let since = *closing_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > shared.config.lease {
+                        tracing::error!(error = %e, jobs = batch.len(), "giving up writing outcomes at shutdown; the jobs return to their queues when their leases lapse");
+                        batch.clear();
+                        return;
+                    }
+                }
+                let wait = backoff.next();
+                tracing::warn!(error = %e, jobs = batch.len(), retry_in = ?wait, "writing job outcomes failed");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// Enqueues due scheduled jobs, sleeping until the next one is due.
+pub(super) async fn scheduler(shared: Arc<Shared>) {
+    const LIMIT: usize = 1000;
+    let mut backoff = Backoff::new();
+    loop {
+        let now = Utc::now();
+        let fallback = now + to_chrono(shared.config.poll_interval);
+        let wake = match shared.storage.promote_due(now, LIMIT).await {
+            Ok(p) if p.promoted >= LIMIT as u64 => continue,
+            Ok(p) => {
+                backoff.reset();
+                p.next_due.map_or(fallback, |due| due.min(fallback))
+            }
+            Err(e) => {
+                let wait = backoff.next();
+                tracing::warn!(error = %e, retry_in = ?wait, "enqueueing due jobs failed");
+                now + to_chrono(wait)
+            }
+        };
+        shared
+            .next_wake_micros
+            .store(wake.timestamp_micros(), Ordering::Relaxed);
+        tokio::select! {
+            () = shared.stop.cancelled() => return,
+            () = tokio::time::sleep(until(wake)) => {}
+            () = shared.schedule_wakeup.notified() => {}
+        }
+    }
+}
+
+/// Tells the store this server is alive and extends the leases of its running jobs.
+pub(super) async fn heartbeat(shared: Arc<Shared>) {
+    loop {
+        let running = shared
+            .running()
+            .iter()
+            .map(|(id, job)| (*id, job.lease))
+            .collect();
+        let now = Utc::now();
+        let beat = Heartbeat::new(
+            shared.info.clone(),
+            now,
+            running,
+            now + to_chrono(shared.config.lease),
+        );
+        match shared.storage.heartbeat(beat).await {
+            Ok(reply) => {
+                for (id, state) in reply.lost {
+                    revoke(&shared, id, state);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+        tokio::select! {
+            () = shared.heartbeat_stop.cancelled() => return,
+            () = tokio::time::sleep(shared.config.heartbeat) => {}
+        }
+    }
+}
+
+/// Re-enqueues jobs whose lease lapsed (their server died) and forgets dead servers.
+pub(super) async fn watchdog(shared: Arc<Shared>) {
+    loop {
+        match shared
+            .storage
+            .recover(Utc::now(), shared.dead_after())
+            .await
+        {
+            Ok(r) => {
+                if !r.dead_servers.is_empty() || !r.requeued.is_empty() || !r.failed.is_empty() {
+                    tracing::warn!(
+                        dead_servers = ?r.dead_servers,
+                        requeued = r.requeued.len(),
+                        failed = r.failed.len(),
+                        "recovered jobs whose lease lapsed"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "recovering lapsed jobs failed"),
+        }
+        tokio::select! {
+            () = shared.stop.cancelled() => return,
+            () = tokio::time::sleep(shared.watchdog_interval()) => {}
+        }
+    }
+}
+
+/// Removes finished jobs past their retention.
+pub(super) async fn expiration(shared: Arc<Shared>) {
+    const LIMIT: usize = 1000;
+    loop {
+        loop {
+            match shared
+                .storage
+                .expire(Utc::now(), shared.config.retention, LIMIT)
+                .await
+            {
+                Ok(n) if n >= LIMIT as u64 && !shared.stop.is_cancelled() => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "expiring finished jobs failed");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            () = shared.stop.cancelled() => return,
+            () = tokio::time::sleep(shared.config.expiration_interval) => {}
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! The [`Server`]: runs jobs from a store in the background.
+//!
+//! A server runs a few loops, each restarted if it panics: the fetcher (leases as many jobs as
+//! there are free workers), the completer (writes outcomes in batches), the scheduler (enqueues
+//! due jobs, sleeping until the earliest one), heartbeats (which also extend the leases of
+//! running jobs), the watchdog (re-enqueues jobs of dead servers) and expiration.
+
+mod handler;
+mod loops;
+mod runner;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::job::{Cancellation, Job, StateMap};
+use crate::{
+    Completion, Error, IntoStorage, JobId, LeaseId, Result, Retention, ServerId, ServerInfo,
+    Storage, validate_queue,
+};
+use handler::{Handler, TypedHandler};
+
+/// Builds a [`Server`]; every setting is checked by [`ServerBuilder::start`].
+///
+/// ```
+/// # use firelane::{Job, JobContext, JobError};
+/// # #[derive(Clone)] struct Mailer;
+/// # struct SendEmail;
+/// # impl Job for SendEmail {
+/// #     const NAME: &'static str = "send_email";
+/// #     type Args = i64;
+/// #     async fn run(&self, _: JobContext, _: i64) -> Result<(), JobError> { Ok(()) }
+/// # }
+/// use std::time::Duration;
+/// use firelane::Server;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), firelane::Error> {
+/// let storage = firelane::sqlite(":memory:").await?;
+/// let server = Server::builder(storage)
+///     .register(SendEmail)
+///     .state(Mailer)
+///     .queues(["critical", "default"])
+///     .workers(20)
+///     .shutdown_timeout(Duration::from_secs(10))
+///     .start()
+///     .await?;
+/// // ... later, when the application stops:
+/// server.shutdown().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "a builder does nothing until `.start()` is awaited"]
+pub struct ServerBuilder {
+    storage: Arc<dyn Storage>,
+    handlers: HashMap<String, Arc<dyn Handler>>,
+    duplicate_names: Vec<String>,
+    state: StateMap,
+    config: Config,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<_> = self.handlers.keys().collect();
+        names.sort();
+        f.debug_struct("ServerBuilder")
+            .field("jobs", &names)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) queues: Vec<String>,
+    pub(crate) workers: usize,
+    pub(crate) lease: Duration,
+    pub(crate) heartbeat: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) cancel_grace: Duration,
+    pub(crate) dead_after: Option<Duration>,
+    pub(crate) watchdog_interval: Option<Duration>,
+    pub(crate) expiration_interval: Duration,
+    pub(crate) retention: Retention,
+    pub(crate) fetch_batch: usize,
+    pub(crate) completion_batch: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
+            queues: vec![crate::DEFAULT_QUEUE.to_owned()],
+            workers: (cpus * 5).min(20),
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(30),
+            cancel_grace: Duration::from_secs(10),
+            dead_after: None,
+            watchdog_interval: None,
+            expiration_interval: Duration::from_secs(60),
+            retention: Retention::default(),
+            fetch_batch: 1000,
+            completion_batch: 1000,
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// Registers a job type: the server runs jobs of its name.
+    pub fn register<J: Job>(mut self, job: J) -> Self {
+        let handler: Arc<dyn Handler> = Arc::new(TypedHandler(Arc::new(job)));
+        if self.handlers.insert(J::NAME.to_owned(), handler).is_some() {
+            self.duplicate_names.push(J::NAME.to_owned());
+        }
+        self
+    }
+
+    /// Gives jobs a value of application state, taken with [`crate::JobContext::state`] (or a
+    /// `State<T>` parameter of a `#[job]` function). One value per type.
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.state.insert(value);
+        self
+    }
+
+    /// The queues to serve, most important first: a job of a later queue runs only when every
+    /// earlier queue is empty (default: `["default"]`).
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.queues = queues.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How many jobs run at once (default: five per core, at most 20).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.config.workers = workers;
+        self
+    }
+
+    /// How long a fetched job's lease lasts without a heartbeat (default 30 s). A server that
+    /// dies loses its jobs to other servers this long after its last heartbeat.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease;
+        self
+    }
+
+    /// How often the server reports that it is alive and extends its leases (default 5 s; at
+    /// most half the lease).
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.config.heartbeat = interval;
+        self
+    }
+
+    /// How often the server looks for work when no wake-up arrives (default 1 s). In-process
+    /// and PostgreSQL wake-ups make pickup immediate; this is the fallback.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.config.poll_interval = interval;
+        self
+    }
+
+    /// How long shutdown waits for running jobs before handing them back (default 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How long a job that was deleted or requeued while running may ignore its cancellation
+    /// before it is stopped (default 10 s).
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.config.cancel_grace = grace;
+        self
+    }
+
+    /// How long a server may stay silent before others consider it dead (default: the lease).
+    pub fn dead_after(mut self, silence: Duration) -> Self {
+        self.config.dead_after = Some(silence);
+        self
+    }
+
+    /// How often the watchdog looks for lapsed leases and dead servers (default: the
+    /// heartbeat interval).
+    pub fn watchdog_interval(mut self, interval: Duration) -> Self {
+        self.config.watchdog_interval = Some(interval);
+        self
+    }
+
+    /// How often finished jobs past their retention are removed (default 1 minute).
+    pub fn expiration_interval(mut self, interval: Duration) -> Self {
+        self.config.expiration_interval = interval;
+        self
+    }
+
+    /// How long finished jobs are kept (default: 1 day for succeeded and deleted, failed kept).
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.config.retention = retention;
+        self
+    }
+
+    /// Checks the settings, registers the server with the store and starts its loops.
+    pub async fn start(self) -> Result<Server> {
+        self.validate()?;
+        let ServerBuilder {
+            storage,
+            handlers,
+            state,
+            config,
+            ..
+        } = self;
+        let mut names: Vec<String> = handlers.keys().cloned().collect();
+        names.sort();
+        let workers = u32::try_from(config.workers).unwrap_or(u32::MAX);
+        let info = ServerInfo::new(
+            ServerId::generate(),
+            config.queues.clone(),
+            workers,
+            names.clone(),
+        );
+        // Register before fetching, so that the first job's lease has a live owner.
+        storage
+            .heartbeat(crate::Heartbeat::new(
+                info.clone(),
+                Utc::now(),
+                Vec::new(),
+                Utc::now(),
+            ))
+            .await?;
+
+        let (completion_tx, completion_rx) = mpsc::channel(config.workers * 4 + 1024);
+        let shared = Arc::new(Shared {
+            storage,
+            handlers,
+            state: Arc::new(state),
+            names,
+            info,
+            semaphore: Arc::new(Semaphore::new(config.workers)),
+            running: Mutex::new(HashMap::new()),
+            stop: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            completer_close: CancellationToken::new(),
+            heartbeat_stop: CancellationToken::new(),
+            fetch_wakeup: Notify::new(),
+            schedule_wakeup: Notify::new(),
+            next_wake_micros: AtomicI64::new(i64::MAX),
+            completion_tx,
+            counters: Counters::default(),
+            config,
+        });
+        let server = Server::spawn(shared, completion_rx);
+        tracing::info!(server = %server.id(), "firelane server started");
+        Ok(server)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let c = &self.config;
+        let bad = |msg: String| Err(Error::Config(msg));
+        if c.workers == 0 {
+            return bad("a server needs at least 1 worker (`.workers(n)`)".into());
+        }
+        if c.workers > 10_000 {
+            return bad(format!("{} workers is more than the 10,000 allowed", c.workers));
+        }
+        if c.queues.is_empty() {
+            return bad("a server needs at least one queue (`.queues([\"default\"])`)".into());
+        }
+        let mut seen = HashSet::new();
+        for q in &c.queues {
+            validate_queue(q)?;
+            if !seen.insert(q) {
+                return bad(format!("queue {q:?} is listed twice"));
+            }
+        }
+        if self.handlers.is_empty() {
+            return bad("no job is registered: add `.register(MyJob)` for each job the server runs".into());
+        }
+        if let Some(name) = self.duplicate_names.first() {
+            return bad(format!("two job types are registered under the name {name:?}; job names must be unique"));
+        }
+        for h in self.handlers.values() {
+            for ty in h.required_state() {
+                if !self.state.contains(&ty) {
+                    return bad(format!(
+                        "a registered job needs application state of type `{}`: add `.state(value)` to the server builder",
+                        ty.name
+                    ));
+                }
+            }
+        }
+        if c.lease < Duration::from_millis(100) {
+            return bad(format!("lease {:?} is shorter than the minimum of 100 ms", c.lease));
+        }
+        if c.heartbeat.is_zero() || c.heartbeat * 2 > c.lease {
+            return bad(format!(
+                "heartbeat interval {:?} must be above zero and at most half the lease ({:?})",
+                c.heartbeat, c.lease
+            ));
+        }
+        for (name, d) in [
+            ("poll interval", c.poll_interval),
+            ("expiration interval", c.expiration_interval),
+        ] {
+            if d.is_zero() {
+                return bad(format!("the {name} must be above zero"));
+            }
+        }
+        if let Some(w) = c.watchdog_interval
+            && w.is_zero()
+        {
+            return bad("the watchdog interval must be above zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// A running job, as the server tracks it.
+#[derive(Debug)]
+pub(crate) struct RunningJob {
+    pub(crate) lease: LeaseId,
+    pub(crate) cancellation: Cancellation,
+    pub(crate) name: Arc<str>,
+    pub(crate) started: Instant,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) started: AtomicU64,
+    pub(crate) succeeded: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) handed_back: AtomicU64,
+    pub(crate) loop_restarts: AtomicU64,
+}
+
+/// What the server's loops share.
+pub(crate) struct Shared {
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) handlers: HashMap<String, Arc<dyn Handler>>,
+    pub(crate) state: Arc<StateMap>,
+    pub(crate) names: Vec<String>,
+    pub(crate) info: ServerInfo,
+    pub(crate) config: Config,
+    pub(crate) semaphore: Arc<Semaphore>,
+    pub(crate) running: Mutex<HashMap<JobId, RunningJob>>,
+    /// Stops fetching and the periodic loops.
+    pub(crate) stop: CancellationToken,
+    /// Aborts jobs still running when the shutdown timeout ends.
+    pub(crate) hard_stop: CancellationToken,
+    pub(crate) completer_close: CancellationToken,
+    pub(crate) heartbeat_stop: CancellationToken,
+    pub(crate) fetch_wakeup: Notify,
+    pub(crate) schedule_wakeup: Notify,
+    /// When the scheduler plans to wake, in microseconds since the epoch.
+    pub(crate) next_wake_micros: AtomicI64,
+    pub(crate) completion_tx: mpsc::Sender<Completion>,
+    pub(crate) counters: Counters,
+}
+
+impl Shared {
+    pub(crate) fn running(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, RunningJob>> {
+        // A panic while holding this lock leaves the map itself intact: keep using it.
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn dead_after(&self) -> Duration {
+        self.config.dead_after.unwrap_or(self.config.lease)
+    }
+
+    pub(crate) fn watchdog_interval(&self) -> Duration {
+        self.config.watchdog_interval.unwrap_or(self.config.heartbeat)
+    }
+}
+
+/// A running server. Stop it with [`Server::shutdown`]; dropping it stops it abruptly (its jobs
+/// return to their queues when their leases lapse).
+pub struct Server {
+    shared: Arc<Shared>,
+    loops: Vec<JoinHandle<()>>,
+    completer: Option<JoinHandle<()>>,
+    heartbeat: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("id", &self.shared.info.id)
+            .field("queues", &self.shared.config.queues)
+            .field("workers", &self.shared.config.workers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a shutdown did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Jobs that finished during the shutdown timeout.
+    pub finished: usize,
+    /// Jobs that did not finish in time and were handed back to their queues.
+    pub handed_back: usize,
+}
+
+impl Server {
+    /// Starts building a server over a store.
+    pub fn builder(storage: impl IntoStorage) -> ServerBuilder {
+        ServerBuilder {
+            storage: storage.into_storage(),
+            handlers: HashMap::new(),
+            duplicate_names: Vec::new(),
+            state: StateMap::default(),
+            config: Config::default(),
+        }
+    }
+
+    /// This server's id, as the store and the dashboard show it.
+    pub fn id(&self) -> &ServerId {
+        &self.shared.info.id
+    }
+
+    /// How many jobs are running now.
+    pub fn running_jobs(&self) -> usize {
+        self.shared.running().len()
+    }
+
+    /// How many times a loop panicked and was restarted.
+    pub fn loop_restarts(&self) -> u64 {
+        self.shared.counters.loop_restarts.load(Ordering::Relaxed)
+    }
+
+    fn spawn(shared: Arc<Shared>, completion_rx: mpsc::Receiver<Completion>) -> Self {
+        let loops = vec![
+            loops::supervise("signals", &shared, loops::signals),
+            loops::supervise("fetcher", &shared, loops::fetcher),
+            loops::supervise("scheduler", &shared, loops::scheduler),
+            loops::supervise("watchdog", &shared, loops::watchdog),
+            loops::supervise("expiration", &shared, loops::expiration),
+        ];
+        let completer = tokio::spawn(loops::completer(Arc::clone(&shared), completion_rx));
+        let heartbeat = loops::supervise("heartbeat", &shared, loops::heartbeat);
+        Server {
+            shared,
+            loops,
+            completer: Some(completer),
+            heartbeat: Some(heartbeat),
+        }
+    }
+
+    /// Stops gracefully: stops fetching, tells running jobs through their cancellation tokens,
+    /// waits up to the shutdown timeout for them, hands back to their queues those that did not
+    /// finish, writes every outcome and unregisters the server.
+    pub async fn shutdown(mut self) -> Result<ShutdownReport> {
+        let shared = Arc::clone(&self.shared);
+        let running_at_start = shared.running().len();
+        tracing::info!(server = %shared.info.id, running = running_at_start, "firelane server shutting down");
+        shared.stop.cancel();
+        for handle in self.loops.drain(..) {
+            let _ = handle.await;
+        }
+        for job in shared.running().values() {
+            job.cancellation.cancel(crate::CancelReason::Shutdown);
+        }
+        let workers = u32::try_from(shared.config.workers).unwrap_or(u32::MAX);
+        let all_idle = tokio::time::timeout(
+            shared.config.shutdown_timeout,
+            shared.semaphore.acquire_many(workers),
+        )
+        .await;
+        if all_idle.is_err() {
+            shared.hard_stop.cancel();
+            // Aborted runners hand their jobs back and release their slots at once.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                shared.semaphore.acquire_many(workers),
+            )
+            .await;
+        }
+        shared.completer_close.cancel();
+        if let Some(c) = self.completer.take() {
+            let _ = c.await;
+        }
+        shared.heartbeat_stop.cancel();
+        if let Some(h) = self.heartbeat.take() {
+            let _ = h.await;
+        }
+        let handed_back = usize::try_from(shared.counters.handed_back.load(Ordering::Relaxed))
+            .unwrap_or(usize::MAX);
+        shared.storage.remove_server(&shared.info.id).await?;
+        tracing::info!(server = %shared.info.id, handed_back, "firelane server stopped");
+        Ok(ShutdownReport {
+            finished: running_at_start.saturating_sub(handed_back),
+            handed_back,
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Without a graceful shutdown, stop everything at once; leases lapse and other
+        // servers recover the jobs.
+        self.shared.stop.cancel();
+        self.shared.hard_stop.cancel();
+        self.shared.completer_close.cancel();
+        self.shared.heartbeat_stop.cancel();
+    }
+}

@@ -1,0 +1,208 @@
+//! Runs one fetched job: decodes its arguments, runs it in its own task so that a panic is only
+//! a failed attempt, enforces its timeout, and turns the result into an [`Outcome`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+
+use super::{RunningJob, Shared};
+use crate::job::{CancelReason, Cancellation, JobContext, JobError, error_chain};
+use crate::{Completion, FetchedJob, Outcome};
+
+/// What the job's task ended with, before it becomes an outcome.
+enum Ended {
+    Returned(Result<(), JobError>),
+    Panicked(String),
+    TimedOut(Duration),
+    /// Aborted at the end of the shutdown timeout.
+    Aborted,
+    /// Aborted after ignoring a revocation; its lease is gone, so nothing is recorded.
+    Abandoned,
+    BadArgs(String),
+}
+
+pub(crate) fn spawn(shared: Arc<Shared>, job: FetchedJob, permit: OwnedSemaphorePermit) {
+    let span = tracing::info_span!(
+        "firelane.job",
+        job.id = %job.id,
+        job.name = %job.name,
+        job.queue = %job.queue,
+        job.attempt = job.attempt,
+    );
+    tokio::spawn(
+        async move {
+            let _permit = permit;
+            run(shared, job).await;
+        }
+        .instrument(span),
+    );
+}
+
+async fn run(shared: Arc<Shared>, job: FetchedJob) {
+    let started = Instant::now();
+    let cancellation = Cancellation::new();
+    let name: Arc<str> = Arc::from(job.name.as_str());
+    shared.running().insert(
+        job.id,
+        RunningJob {
+            lease: job.lease,
+            cancellation: cancellation.clone(),
+            name: Arc::clone(&name),
+            started,
+        },
+    );
+    shared.counters.started.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!("job started");
+
+    let ctx = JobContext {
+        id: job.id,
+        name,
+        queue: Arc::from(job.queue.as_str()),
+        attempt: job.attempt,
+        max_attempts: job.retry.max_attempts(),
+        cancellation: cancellation.clone(),
+        state: Arc::clone(&shared.state),
+    };
+    let ended = execute(&shared, &job, ctx, &cancellation).await;
+    let duration = started.elapsed();
+    shared.running().remove(&job.id);
+
+    let now = Utc::now();
+    let outcome = match ended {
+        Ended::Abandoned => return,
+        Ended::Returned(Ok(())) => Outcome::Succeeded,
+        Ended::Aborted => Outcome::HandedBack {
+            reason: "the server shut down before the job finished".into(),
+        },
+        Ended::Returned(Err(_)) if cancellation.reason() == Some(CancelReason::Shutdown) => {
+            Outcome::HandedBack {
+                reason: "the job stopped because the server shut down".into(),
+            }
+        }
+        Ended::Returned(Err(JobError::Retry(e))) => failure(&job, error_chain(e.as_ref()), now),
+        Ended::Returned(Err(JobError::Fail(e))) => Outcome::Failed {
+            error: error_chain(e.as_ref()),
+        },
+        Ended::Returned(Err(JobError::Snooze(d))) => Outcome::Snoozed {
+            until: now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX),
+        },
+        Ended::Returned(Err(JobError::Cancel(reason))) => Outcome::Cancelled { reason },
+        Ended::Panicked(msg) => failure(&job, format!("panicked: {msg}"), now),
+        Ended::TimedOut(t) => failure(&job, format!("timed out after {t:?}"), now),
+        Ended::BadArgs(error) => Outcome::Failed { error },
+    };
+    match &outcome {
+        Outcome::Succeeded => {
+            shared.counters.succeeded.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(?duration, "job succeeded");
+        }
+        Outcome::HandedBack { .. } => {
+            shared.counters.handed_back.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("job handed back");
+        }
+        Outcome::Retry { error, at } => {
+            shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%error, retry_at = %at, "job attempt failed, will retry");
+        }
+        Outcome::Failed { error } => {
+            shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%error, "job failed");
+        }
+        _ => tracing::debug!(?outcome, "job ended"),
+    }
+    let completion = Completion::new(
+        job.id,
+        job.lease,
+        shared.info.id.clone(),
+        outcome,
+        duration,
+        now,
+    );
+    // The completer only closes after every runner has finished, so this cannot fail in a
+    // graceful shutdown; after an abrupt drop the lease lapses and the job is recovered.
+    let _ = shared.completion_tx.send(completion).await;
+}
+
+/// A failed attempt: retried per the job's policy, or failed for good.
+fn failure(job: &FetchedJob, error: String, now: chrono::DateTime<Utc>) -> Outcome {
+    match job.retry.delay_before(job.attempt) {
+        Some(delay) => Outcome::Retry {
+            at: now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX),
+            error,
+        },
+        None => Outcome::Failed { error },
+    }
+}
+
+async fn execute(
+    shared: &Shared,
+    job: &FetchedJob,
+    ctx: JobContext,
+    cancellation: &Cancellation,
+) -> Ended {
+    let Some(handler) = shared.handlers.get(&job.name) else {
+        // The fetch asks only for registered names; this is a store that ignored that.
+        return Ended::BadArgs(format!("no job named `{}` is registered on this server", job.name));
+    };
+    let future = match handler.start(ctx, &job.args) {
+        Ok(f) => f,
+        Err(message) => return Ended::BadArgs(message),
+    };
+    let mut task = tokio::spawn(future.in_current_span());
+    let timeout = async {
+        match job.timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let ignored_revocation = async {
+        loop {
+            cancellation.cancelled().await;
+            if cancellation.reason() != Some(CancelReason::Shutdown) {
+                tokio::time::sleep(shared.config.cancel_grace).await;
+                return;
+            }
+            // Shutdown has its own deadline (hard_stop).
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        joined = &mut task => match joined {
+            Ok(result) => Ended::Returned(result),
+            Err(e) if e.is_panic() => Ended::Panicked(panic_message(e.into_panic())),
+            Err(_) => Ended::Aborted,
+        },
+        () = timeout => {
+            cancellation.cancel(CancelReason::Timeout);
+            task.abort();
+            Ended::TimedOut(job.timeout.unwrap_or_default())
+        }
+        () = shared.hard_stop.cancelled() => {
+            task.abort();
+            Ended::Aborted
+        }
+        () = ignored_revocation => {
+            tracing::warn!(
+                reason = ?cancellation.reason(),
+                grace = ?shared.config.cancel_grace,
+                "job ignored its cancellation; stopping it"
+            );
+            task.abort();
+            Ended::Abandoned
+        }
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a payload that is not text".to_owned()
+    }
+}
