@@ -1,0 +1,1 @@
+//! Server-level cases (being written).

@@ -1,0 +1,1 @@
+//! Storage-level cases (being written).
