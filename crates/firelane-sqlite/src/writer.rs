@@ -1,0 +1,349 @@
+//! The writer task: group commit of write operations on the one writer connection.
+//!
+//! Callers send operations through a channel. The task takes the first waiting operation and
+//! whatever else is already queued (up to `max_batch`), runs them all in one `BEGIN IMMEDIATE`
+//! transaction, each inside its own savepoint so that a failing operation is rolled back alone
+//! and reported to its caller alone, and answers the callers only once `COMMIT` succeeded. If
+//! the transaction as a whole fails (the write lock could not be had within the busy timeout,
+//! the commit failed), every operation of the batch gets the error. Wake-up signals go out
+//! after the commit, deduplicated per batch.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use firelane_core::{Error, Result, Signal};
+use sqlx::{Connection, SqliteConnection, SqlitePool};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::codec::OpResult;
+
+/// A boxed, sendable future borrowing for `'a`.
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The signals an operation wants sent if its transaction commits.
+pub(crate) type Signals = Vec<Signal>;
+
+/// The name the writer uses in [`Error::Shutdown`].
+const WRITER: &str = "the SQLite store's writer";
+
+/// A write operation on its way to the writer, its result type erased.
+trait Op: Send {
+    /// Runs the operation on the connection, inside the batch's transaction.
+    fn run<'c>(
+        self: Box<Self>,
+        conn: &'c mut SqliteConnection,
+        signals: &'c mut Signals,
+    ) -> BoxFuture<'c, Box<dyn Done>>;
+
+    /// Answers the caller with an error, without running.
+    fn fail(self: Box<Self>, error: &BatchError);
+}
+
+/// An operation that ran, waiting for its batch's commit to answer its caller.
+trait Done: Send {
+    /// Whether the operation succeeded (and so its savepoint is kept).
+    fn ok(&self) -> bool;
+    /// Answers the caller: the operation's result if the batch committed (`None`), else the
+    /// batch's error.
+    fn finish(self: Box<Self>, commit_error: Option<&BatchError>);
+}
+
+struct TypedOp<T, F> {
+    name: &'static str,
+    f: F,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+struct TypedDone<T> {
+    name: &'static str,
+    result: Result<T>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Op for TypedOp<T, F>
+where
+    T: Send + 'static,
+    F: for<'c> FnOnce(&'c mut SqliteConnection, &'c mut Signals) -> BoxFuture<'c, OpResult<T>>
+        + Send
+        + 'static,
+{
+    fn run<'c>(
+        self: Box<Self>,
+        conn: &'c mut SqliteConnection,
+        signals: &'c mut Signals,
+    ) -> BoxFuture<'c, Box<dyn Done>> {
+        let this = *self;
+        Box::pin(async move {
+            let result = (this.f)(conn, signals)
+                .await
+                .map_err(|e| e.into_error(this.name));
+            Box::new(TypedDone {
+                name: this.name,
+                result,
+                reply: this.reply,
+            }) as Box<dyn Done>
+        })
+    }
+
+    fn fail(self: Box<Self>, error: &BatchError) {
+        let _ = self.reply.send(Err(error.to_error(self.name)));
+    }
+}
+
+impl<T: Send + 'static> Done for TypedDone<T> {
+    fn ok(&self) -> bool {
+        self.result.is_ok()
+    }
+
+    fn finish(self: Box<Self>, commit_error: Option<&BatchError>) {
+        let result = match (commit_error, self.result) {
+            (Some(e), Ok(_)) => Err(e.to_error(self.name)),
+            (_, result) => result,
+        };
+        // The caller may have gone away; the operation stands all the same.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// Why a whole batch failed; shared by its operations.
+#[derive(Clone, Debug)]
+pub(crate) struct BatchError {
+    stage: &'static str,
+    source: Arc<sqlx::Error>,
+}
+
+impl BatchError {
+    fn new(stage: &'static str, source: sqlx::Error) -> Self {
+        Self {
+            stage,
+            source: Arc::new(source),
+        }
+    }
+
+    fn to_error(&self, op: &'static str) -> Error {
+        if matches!(*self.source, sqlx::Error::PoolClosed) {
+            return Error::Shutdown("the SQLite store");
+        }
+        Error::backend(op, self.clone())
+    }
+}
+
+impl fmt::Display for BatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "write transaction failed at {}: {}",
+            self.stage, self.source
+        )
+    }
+}
+
+impl std::error::Error for BatchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// The handle callers use to send operations to the writer task.
+#[derive(Clone, Debug)]
+pub(crate) struct Writer {
+    tx: mpsc::Sender<Box<dyn Op>>,
+}
+
+impl Writer {
+    /// Starts the writer task on the current tokio runtime.
+    pub(crate) fn spawn(
+        pool: SqlitePool,
+        signals: broadcast::Sender<Signal>,
+        max_batch: usize,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(max_batch.saturating_mul(4).max(16));
+        tokio::spawn(run(pool, rx, signals, max_batch));
+        Self { tx }
+    }
+
+    /// Runs `f` in the next batch and waits for the batch to commit.
+    pub(crate) async fn submit<T, F>(&self, name: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection, &'c mut Signals) -> BoxFuture<'c, OpResult<T>>
+            + Send
+            + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let op: Box<dyn Op> = Box::new(TypedOp { name, f, reply });
+        self.tx
+            .send(op)
+            .await
+            .map_err(|_| Error::Shutdown(WRITER))?;
+        answer.await.map_err(|_| Error::Shutdown(WRITER))?
+    }
+}
+
+async fn run(
+    pool: SqlitePool,
+    mut rx: mpsc::Receiver<Box<dyn Op>>,
+    signals: broadcast::Sender<Signal>,
+    max_batch: usize,
+) {
+    let mut batch: Vec<Box<dyn Op>> = Vec::with_capacity(max_batch);
+    while rx.recv_many(&mut batch, max_batch).await > 0 {
+        let ops = std::mem::take(&mut batch);
+        let size = ops.len();
+        let sent = run_batch(&pool, ops).await;
+        tracing::trace!(ops = size, signals = sent.len(), "sqlite batch done");
+        for signal in sent {
+            // No receiver is not an error: servers may not be listening.
+            let _ = signals.send(signal);
+        }
+    }
+    tracing::debug!("sqlite writer stopped: every handle was dropped");
+}
+
+/// Runs one batch and answers its callers; returns the signals to send.
+async fn run_batch(pool: &SqlitePool, ops: Vec<Box<dyn Op>>) -> Vec<Signal> {
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let error = BatchError::new("acquiring the writer connection", e);
+            tracing::warn!(%error, "sqlite batch failed");
+            ops.into_iter().for_each(|op| op.fail(&error));
+            return Vec::new();
+        }
+    };
+    let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
+        Ok(tx) => tx,
+        Err(e) => {
+            let error = BatchError::new("BEGIN IMMEDIATE", e);
+            tracing::warn!(%error, "sqlite batch failed");
+            ops.into_iter().for_each(|op| op.fail(&error));
+            return Vec::new();
+        }
+    };
+
+    let mut done: Vec<Box<dyn Done>> = Vec::with_capacity(ops.len());
+    let mut signals = Signals::new();
+    let mut broken: Option<BatchError> = None;
+    let mut ops = ops.into_iter();
+    for op in ops.by_ref() {
+        if let Err(e) = sqlx::query("SAVEPOINT firelane_op").execute(&mut *tx).await {
+            let error = BatchError::new("SAVEPOINT", e);
+            op.fail(&error);
+            broken = Some(error);
+            break;
+        }
+        let mut op_signals = Signals::new();
+        let result = op.run(&mut tx, &mut op_signals).await;
+        let end = if result.ok() {
+            signals.append(&mut op_signals);
+            sqlx::query("RELEASE firelane_op").execute(&mut *tx).await
+        } else {
+            match sqlx::query("ROLLBACK TO firelane_op")
+                .execute(&mut *tx)
+                .await
+            {
+                Ok(_) => sqlx::query("RELEASE firelane_op").execute(&mut *tx).await,
+                Err(e) => Err(e),
+            }
+        };
+        done.push(result);
+        if let Err(e) = end {
+            broken = Some(BatchError::new("ending a savepoint", e));
+            break;
+        }
+    }
+
+    if let Some(error) = broken {
+        // The transaction is in an unknown state: roll it all back and fail everyone.
+        tracing::warn!(%error, "sqlite batch failed");
+        ops.for_each(|op| op.fail(&error));
+        if let Err(e) = tx.rollback().await {
+            tracing::warn!(error = %e, "rollback of a failed batch failed; closing the connection");
+            conn.close_on_drop();
+        }
+        done.into_iter().for_each(|d| d.finish(Some(&error)));
+        return Vec::new();
+    }
+
+    match tx.commit().await {
+        Ok(()) => {
+            done.into_iter().for_each(|d| d.finish(None));
+            dedup(signals)
+        }
+        Err(e) => {
+            let error = BatchError::new("COMMIT", e);
+            tracing::warn!(%error, "sqlite batch failed");
+            // The failed commit may leave the transaction open; make sure it is gone ("no
+            // transaction is active" is the usual, harmless answer).
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            done.into_iter().for_each(|d| d.finish(Some(&error)));
+            Vec::new()
+        }
+    }
+}
+
+/// One `Enqueued` per queue, the earliest `Scheduled`, every `Revoked`, in that order.
+fn dedup(signals: Signals) -> Vec<Signal> {
+    let mut queues = BTreeSet::new();
+    let mut earliest: Option<DateTime<Utc>> = None;
+    let mut out = Vec::new();
+    for s in signals {
+        match s {
+            Signal::Enqueued { queue } => {
+                queues.insert(queue);
+            }
+            Signal::Scheduled { at } => {
+                earliest = Some(earliest.map_or(at, |e| e.min(at)));
+            }
+            other => out.push(other),
+        }
+    }
+    let mut first: Vec<Signal> = queues
+        .into_iter()
+        .map(|queue| Signal::Enqueued { queue })
+        .collect();
+    if let Some(at) = earliest {
+        first.push(Signal::Scheduled { at });
+    }
+    first.append(&mut out);
+    first
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_are_deduplicated() {
+        let t0 = DateTime::from_timestamp(1000, 0).unwrap_or_default();
+        let t1 = DateTime::from_timestamp(2000, 0).unwrap_or_default();
+        let id = firelane_core::JobId::new();
+        let out = dedup(vec![
+            Signal::Enqueued { queue: "b".into() },
+            Signal::Scheduled { at: t1 },
+            Signal::Enqueued { queue: "a".into() },
+            Signal::Revoked {
+                id,
+                state: firelane_core::JobState::Deleted,
+            },
+            Signal::Enqueued { queue: "b".into() },
+            Signal::Scheduled { at: t0 },
+        ]);
+        assert_eq!(
+            out,
+            vec![
+                Signal::Enqueued { queue: "a".into() },
+                Signal::Enqueued { queue: "b".into() },
+                Signal::Scheduled { at: t0 },
+                Signal::Revoked {
+                    id,
+                    state: firelane_core::JobState::Deleted
+                },
+            ]
+        );
+    }
+}
