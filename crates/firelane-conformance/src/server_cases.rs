@@ -1,1 +1,838 @@
-//! Server-level cases (being written).
+//! Server-level cases: a real [`Server`] and [`Client`] over the store under test.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use firelane::storage::FetchRequest;
+use firelane::{
+    CancelReason, Client, ContinueOn, Error, Job, JobContext, JobError, JobId, JobOptions,
+    JobState, NewJob, Retention, Server, ServerBuilder, ServerId, Storage,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::support::eventually;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// What test jobs report back to the test.
+#[derive(Clone, Debug, Default)]
+pub struct Probe {
+    runs: Arc<Mutex<HashMap<String, u32>>>,
+    order: Arc<Mutex<Vec<String>>>,
+    cancel_reasons: Arc<Mutex<Vec<CancelReason>>>,
+    started: Arc<AtomicUsize>,
+}
+
+impl Probe {
+    fn record(&self, key: &str) {
+        *self.runs.lock().unwrap().entry(key.to_owned()).or_default() += 1;
+        self.order.lock().unwrap().push(key.to_owned());
+    }
+
+    fn runs(&self, key: &str) -> u32 {
+        self.runs.lock().unwrap().get(key).copied().unwrap_or(0)
+    }
+
+    fn order(&self) -> Vec<String> {
+        self.order.lock().unwrap().clone()
+    }
+}
+
+/// What a test job should do.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Act {
+    Succeed(String),
+    /// Fail with a retryable error until the attempt number reaches the value, then succeed.
+    FailUntil(String, u32),
+    FailForGood(String),
+    SnoozeOnce(String, u64),
+    Cancel(String),
+    Panic(String),
+    Sleep(String, u64),
+    /// Wait for cancellation, record its reason, then return an error.
+    AwaitCancel(String),
+    /// Sleep this long ignoring cancellation.
+    IgnoreCancel(String, u64),
+}
+
+#[derive(Debug)]
+pub struct TestJob;
+
+impl Job for TestJob {
+    const NAME: &'static str = "conformance_test_job";
+    type Args = Act;
+
+    fn options() -> JobOptions {
+        JobOptions::new().retry_delays([Duration::from_millis(10); 5])
+    }
+
+    fn required_state() -> Vec<firelane::StateType> {
+        vec![firelane::StateType::of::<Probe>()]
+    }
+
+    async fn run(&self, ctx: JobContext, act: Act) -> Result<(), JobError> {
+        let probe: Probe = ctx.state()?;
+        probe.started.fetch_add(1, Ordering::SeqCst);
+        match act {
+            Act::Succeed(k) => probe.record(&k),
+            Act::FailUntil(k, n) => {
+                probe.record(&k);
+                if ctx.attempt() < n {
+                    return Err(
+                        std::io::Error::other(format!("attempt {} failed", ctx.attempt())).into(),
+                    );
+                }
+            }
+            Act::FailForGood(k) => {
+                probe.record(&k);
+                return Err(JobError::fail("the account is closed"));
+            }
+            Act::SnoozeOnce(k, ms) => {
+                probe.record(&k);
+                if probe.runs(&k) == 1 {
+                    return Err(JobError::snooze(Duration::from_millis(ms)));
+                }
+            }
+            Act::Cancel(k) => {
+                probe.record(&k);
+                return Err(JobError::cancel("nothing left to do"));
+            }
+            Act::Panic(k) => {
+                probe.record(&k);
+                panic!("boom in {k}");
+            }
+            Act::Sleep(k, ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                probe.record(&k);
+            }
+            Act::AwaitCancel(k) => {
+                ctx.cancellation().cancelled().await;
+                probe
+                    .cancel_reasons
+                    .lock()
+                    .unwrap()
+                    .push(ctx.cancellation().reason().unwrap());
+                probe.record(&k);
+                return Err(JobError::retry("stopped on cancellation"));
+            }
+            Act::IgnoreCancel(k, ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                probe.record(&k);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A job with a struct argument, to test arguments that no longer decode.
+#[derive(Debug)]
+pub struct Welcome;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WelcomeArgs {
+    pub user_id: i64,
+}
+
+impl Job for Welcome {
+    const NAME: &'static str = "conformance_welcome";
+    type Args = WelcomeArgs;
+
+    async fn run(&self, _: JobContext, _: WelcomeArgs) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+fn builder(store: &Arc<dyn Storage>, probe: &Probe) -> ServerBuilder {
+    Server::builder(Arc::clone(store))
+        .register(TestJob)
+        .register(Welcome)
+        .state(probe.clone())
+        .workers(4)
+        .lease(Duration::from_secs(2))
+        .heartbeat_interval(Duration::from_millis(100))
+        .poll_interval(Duration::from_millis(50))
+        .shutdown_timeout(Duration::from_secs(5))
+}
+
+fn act(a: Act) -> firelane::JobRequest<TestJob> {
+    TestJob::with_args(a)
+}
+
+async fn wait_state(client: &Client, id: JobId, state: JobState) -> firelane::JobDetails {
+    eventually(&format!("job {id} to be {state}"), WAIT, || async {
+        let d = client.job(id).await.unwrap();
+        (d.job.state == state).then_some(d)
+    })
+    .await
+}
+
+fn history_states(d: &firelane::JobDetails) -> Vec<JobState> {
+    d.history.iter().map(|h| h.state).collect()
+}
+
+/// A job runs once and its history shows enqueued, processing and succeeded, with the server
+/// and the attempt's duration.
+pub async fn runs_an_enqueued_job(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let id = client.enqueue(act(Act::Succeed("a".into()))).await.unwrap();
+    let d = wait_state(&client, id, JobState::Succeeded).await;
+    assert_eq!(probe.runs("a"), 1);
+    assert_eq!(
+        history_states(&d),
+        [
+            JobState::Enqueued,
+            JobState::Processing,
+            JobState::Succeeded
+        ]
+    );
+    let done = d.history.last().unwrap();
+    assert_eq!(done.server.as_ref(), Some(server.id()));
+    assert!(done.duration.is_some());
+    assert_eq!(d.job.attempt, 1);
+    server.shutdown().await.unwrap();
+}
+
+/// A failing job is retried by its policy and succeeds on a later attempt; each failed
+/// attempt is in the history with its error.
+pub async fn retries_until_success(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let id = client
+        .enqueue(act(Act::FailUntil("f".into(), 3)))
+        .await
+        .unwrap();
+    let d = wait_state(&client, id, JobState::Succeeded).await;
+    assert_eq!(probe.runs("f"), 3);
+    assert_eq!(d.job.attempt, 3);
+    let errors: Vec<_> = d.history.iter().filter_map(|h| h.error.clone()).collect();
+    assert_eq!(errors, ["attempt 1 failed", "attempt 2 failed"]);
+    server.shutdown().await.unwrap();
+}
+
+/// When retries run out the job ends failed, with every attempt recorded.
+pub async fn exhausted_retries_end_failed(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let id = client
+        .enqueue(act(Act::FailUntil("x".into(), 100)).retry_delays([Duration::from_millis(5); 2]))
+        .await
+        .unwrap();
+    let d = wait_state(&client, id, JobState::Failed).await;
+    assert_eq!(probe.runs("x"), 3, "one attempt and two retries");
+    assert_eq!(d.job.attempt, 3);
+    assert_eq!(d.job.last_error.as_deref(), Some("attempt 3 failed"));
+    let attempts_with_error = d.history.iter().filter(|h| h.error.is_some()).count();
+    assert_eq!(attempts_with_error, 3);
+    server.shutdown().await.unwrap();
+}
+
+/// `JobError::fail` fails at once, whatever the retry policy.
+pub async fn fail_error_does_not_retry(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let id = client
+        .enqueue(act(Act::FailForGood("g".into())))
+        .await
+        .unwrap();
+    let d = wait_state(&client, id, JobState::Failed).await;
+    assert_eq!(probe.runs("g"), 1);
+    assert_eq!(d.job.last_error.as_deref(), Some("the account is closed"));
+    server.shutdown().await.unwrap();
+}
+
+/// A snoozed job runs again later without the snooze counting as an attempt.
+pub async fn snooze_does_not_count_an_attempt(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let id = client
+        .enqueue(act(Act::SnoozeOnce("s".into(), 100)).retries(0))
+        .await
+        .unwrap();
+    let d = wait_state(&client, id, JobState::Succeeded).await;
+    assert_eq!(probe.runs("s"), 2);
+    assert_eq!(d.job.attempt, 1, "the snoozed run is not counted");
+    assert!(history_states(&d).contains(&JobState::Scheduled));
+    server.shutdown().await.unwrap();
+}
+
+/// `JobError::cancel` ends the job deleted, with the reason.
+pub async fn cancel_error_deletes_the_job(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let id = client.enqueue(act(Act::Cancel("c".into()))).await.unwrap();
+    let d = wait_state(&client, id, JobState::Deleted).await;
+    assert_eq!(probe.runs("c"), 1);
+    assert!(
+        d.job
+            .reason
+            .unwrap_or_default()
+            .contains("nothing left to do")
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// A panic is a failed attempt with its message, and the server goes on running jobs.
+pub async fn panic_is_a_failed_attempt(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let id = client
+        .enqueue(act(Act::Panic("p".into())).retries(0))
+        .await
+        .unwrap();
+    let d = wait_state(&client, id, JobState::Failed).await;
+    let error = d.job.last_error.unwrap();
+    assert!(
+        error.contains("panicked") && error.contains("boom in p"),
+        "{error}"
+    );
+    let after = client
+        .enqueue(act(Act::Succeed("after".into())))
+        .await
+        .unwrap();
+    wait_state(&client, after, JobState::Succeeded).await;
+    assert_eq!(server.loop_restarts(), 0);
+    server.shutdown().await.unwrap();
+}
+
+/// An attempt over its timeout is cancelled and counted as a failure that says so.
+pub async fn timeout_is_a_failed_attempt(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let id = client
+        .enqueue(
+            act(Act::Sleep("t".into(), 60_000))
+                .timeout(Duration::from_millis(100))
+                .retries(0),
+        )
+        .await
+        .unwrap();
+    let d = wait_state(&client, id, JobState::Failed).await;
+    let error = d.job.last_error.unwrap();
+    assert!(error.contains("timed out after 100ms"), "{error}");
+    assert_eq!(probe.runs("t"), 0, "the job was stopped");
+    server.shutdown().await.unwrap();
+}
+
+/// Arguments that no longer decode fail the job at once with a message naming the job and the
+/// field; the job is kept, and can be requeued.
+pub async fn undecodable_arguments_fail_with_the_field(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let id = client
+        .enqueue_raw(NewJob::new(Welcome::NAME, r#"{"user_id":"not a number"}"#))
+        .await
+        .unwrap();
+    let d = wait_state(&client, id, JobState::Failed).await;
+    let error = d.job.last_error.unwrap();
+    assert!(error.contains("conformance_welcome"), "{error}");
+    assert!(error.contains("user_id"), "{error}");
+    assert_eq!(
+        d.job.attempt, 1,
+        "no retries for arguments that cannot decode"
+    );
+    assert_eq!(
+        d.job.args, r#"{"user_id":"not a number"}"#,
+        "arguments kept"
+    );
+
+    let missing = client
+        .enqueue_raw(NewJob::new(Welcome::NAME, r#"{"id":1}"#))
+        .await
+        .unwrap();
+    let d = wait_state(&client, missing, JobState::Failed).await;
+    assert!(
+        d.job
+            .last_error
+            .unwrap()
+            .contains("missing field `user_id`")
+    );
+
+    client.requeue(id).await.unwrap();
+    let d = wait_state(&client, id, JobState::Failed).await;
+    assert!(
+        history_states(&d)
+            .iter()
+            .filter(|s| **s == JobState::Failed)
+            .count()
+            == 2
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// A job whose name no server knows waits in its queue, untouched, until a server that knows
+/// it starts.
+pub async fn unknown_job_name_waits_for_a_server_that_knows_it(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let unknown = client
+        .enqueue_raw(NewJob::new("conformance_later", "null"))
+        .await
+        .unwrap();
+    let known = client.enqueue(act(Act::Succeed("k".into()))).await.unwrap();
+    wait_state(&client, known, JobState::Succeeded).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let d = client.job(unknown).await.unwrap();
+    assert_eq!(d.job.state, JobState::Enqueued);
+    assert_eq!(d.job.attempt, 0);
+    assert!(!client.has_server_for("conformance_later").await.unwrap());
+
+    struct Later;
+    impl Job for Later {
+        const NAME: &'static str = "conformance_later";
+        type Args = ();
+        async fn run(&self, _: JobContext, _: ()) -> Result<(), JobError> {
+            Ok(())
+        }
+    }
+    let second = Server::builder(Arc::clone(&store))
+        .register(Later)
+        .poll_interval(Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    assert!(client.has_server_for("conformance_later").await.unwrap());
+    wait_state(&client, unknown, JobState::Succeeded).await;
+    second.shutdown().await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
+/// A delayed job waits for its time, then runs.
+pub async fn delayed_job_runs_when_due(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let before = Utc::now();
+    let id = client
+        .schedule(act(Act::Succeed("d".into())), Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(client.job(id).await.unwrap().job.state, JobState::Scheduled);
+    let d = wait_state(&client, id, JobState::Succeeded).await;
+    let processing = d
+        .history
+        .iter()
+        .find(|h| h.state == JobState::Processing)
+        .unwrap();
+    assert!(processing.at >= before + chrono::Duration::milliseconds(300));
+    server.shutdown().await.unwrap();
+}
+
+/// The scheduler is woken by a new earlier job instead of waiting for its next poll: with
+/// polling set to an hour, a job due in 200 ms still runs.
+pub async fn scheduler_wakes_for_an_earlier_job(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe)
+        .poll_interval(Duration::from_secs(3600))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(Arc::clone(&store));
+    client
+        .schedule(act(Act::Succeed("late".into())), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let id = client
+        .schedule(act(Act::Succeed("soon".into())), Duration::from_millis(200))
+        .await
+        .unwrap();
+    wait_state(&client, id, JobState::Succeeded).await;
+    assert_eq!(probe.runs("late"), 0);
+    server.shutdown().await.unwrap();
+}
+
+/// Continuations run after their parent: a chain and a fan-out, and one waiting on failure.
+pub async fn continuations_run_after_their_parent(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let mut batch = client.batch();
+    let a = batch.enqueue(act(Act::Sleep("a".into(), 50))).unwrap();
+    let b = batch
+        .continue_with(a, act(Act::Succeed("b".into())), ContinueOn::Succeeded)
+        .unwrap();
+    let c = batch
+        .continue_with(b, act(Act::Succeed("c".into())), ContinueOn::Succeeded)
+        .unwrap();
+    let fan: Vec<_> = (0..4)
+        .map(|i| {
+            batch
+                .continue_with(
+                    a,
+                    act(Act::Succeed(format!("fan{i}"))),
+                    ContinueOn::Succeeded,
+                )
+                .unwrap()
+        })
+        .collect();
+    let on_fail = batch
+        .continue_with(a, act(Act::Succeed("on_fail".into())), ContinueOn::Failed)
+        .unwrap();
+    batch.submit().await.unwrap();
+    assert_eq!(client.job(b).await.unwrap().job.state, JobState::Awaiting);
+
+    wait_state(&client, c, JobState::Succeeded).await;
+    for f in fan {
+        wait_state(&client, f, JobState::Succeeded).await;
+    }
+    let order = probe.order();
+    let pos = |k: &str| order.iter().position(|o| o == k).unwrap();
+    assert!(pos("a") < pos("b") && pos("b") < pos("c"), "{order:?}");
+    let d = wait_state(&client, on_fail, JobState::Deleted).await;
+    assert!(d.job.reason.is_some());
+    assert_eq!(probe.runs("on_fail"), 0);
+    let parent = client.job(a).await.unwrap();
+    assert_eq!(parent.continuations.len(), 6);
+    server.shutdown().await.unwrap();
+}
+
+/// Deleting a processing job fires its cancellation token with the reason, and the job ends
+/// deleted; the late outcome of the stopped attempt changes nothing.
+pub async fn deleting_a_processing_job_cancels_it(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let id = client
+        .enqueue(act(Act::AwaitCancel("w".into())))
+        .await
+        .unwrap();
+    wait_state(&client, id, JobState::Processing).await;
+    client.delete(id).await.unwrap();
+    eventually("the job to see its cancellation", WAIT, || async {
+        (probe.runs("w") == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        *probe.cancel_reasons.lock().unwrap(),
+        [CancelReason::Deleted]
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let d = client.job(id).await.unwrap();
+    assert_eq!(d.job.state, JobState::Deleted);
+    assert!(
+        !history_states(&d).contains(&JobState::Scheduled),
+        "the stopped attempt's error was not recorded"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// Shutdown waits for a job that finishes within the timeout.
+pub async fn shutdown_waits_for_running_jobs(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let id = client
+        .enqueue(act(Act::IgnoreCancel("slow".into(), 300)))
+        .await
+        .unwrap();
+    wait_state(&client, id, JobState::Processing).await;
+    let report = server.shutdown().await.unwrap();
+    assert_eq!(report.handed_back, 0);
+    assert_eq!(client.job(id).await.unwrap().job.state, JobState::Succeeded);
+    assert!(
+        client.servers().await.unwrap().is_empty(),
+        "the server unregistered"
+    );
+}
+
+/// Shutdown hands back a job that does not finish in time, and one that stops on its
+/// cancellation: both return to their queue without counting the attempt.
+pub async fn shutdown_hands_back_unfinished_jobs(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe)
+        .shutdown_timeout(Duration::from_millis(300))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let stubborn = client
+        .enqueue(act(Act::IgnoreCancel("stubborn".into(), 60_000)))
+        .await
+        .unwrap();
+    let polite = client
+        .enqueue(act(Act::AwaitCancel("polite".into())))
+        .await
+        .unwrap();
+    wait_state(&client, stubborn, JobState::Processing).await;
+    wait_state(&client, polite, JobState::Processing).await;
+    let report = server.shutdown().await.unwrap();
+    assert_eq!(report.handed_back, 2);
+    assert_eq!(
+        *probe.cancel_reasons.lock().unwrap(),
+        [CancelReason::Shutdown]
+    );
+    for id in [stubborn, polite] {
+        let d = client.job(id).await.unwrap();
+        assert_eq!(d.job.state, JobState::Enqueued, "{id}");
+        assert_eq!(d.job.attempt, 0, "a handed-back attempt is not counted");
+    }
+}
+
+/// Queues are served in the order given, and higher priority first within a queue.
+pub async fn queue_and_priority_order(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let client = Client::new(Arc::clone(&store));
+    client
+        .enqueue(act(Act::Succeed("default-low".into())))
+        .await
+        .unwrap();
+    client
+        .enqueue(act(Act::Succeed("default-high".into())).priority(5))
+        .await
+        .unwrap();
+    client
+        .enqueue(act(Act::Succeed("critical".into())).queue("critical"))
+        .await
+        .unwrap();
+    let server = builder(&store, &probe)
+        .workers(1)
+        .queues(["critical", "default"])
+        .start()
+        .await
+        .unwrap();
+    eventually("three jobs", WAIT, || async {
+        (probe.order().len() == 3).then_some(())
+    })
+    .await;
+    assert_eq!(probe.order(), ["critical", "default-high", "default-low"]);
+    server.shutdown().await.unwrap();
+}
+
+/// Two servers share a queue: every job runs exactly once.
+pub async fn two_servers_run_each_job_once(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let a = builder(&store, &probe).start().await.unwrap();
+    let b = builder(&store, &probe).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    client
+        .enqueue_many((0..500).map(|i| act(Act::Succeed(format!("j{i}")))))
+        .await
+        .unwrap();
+    eventually("500 jobs to succeed", WAIT, || async {
+        (client.stats().await.unwrap().count(JobState::Succeeded) == 500).then_some(())
+    })
+    .await;
+    for i in 0..500 {
+        assert_eq!(probe.runs(&format!("j{i}")), 1, "job j{i}");
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// A job held by a server that died (its lease lapses) is run by another server.
+pub async fn watchdog_recovers_a_dead_servers_job(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let client = Client::new(Arc::clone(&store));
+    let id = client
+        .enqueue(act(Act::Succeed("orphan".into())))
+        .await
+        .unwrap();
+    // A server that fetches the job and dies at once, without heartbeats.
+    let dead = ServerId::from_string("dead-host:1:deadbeef".into());
+    let fetched = store
+        .fetch(FetchRequest::new(
+            dead,
+            vec!["default".into()],
+            1,
+            Utc::now(),
+            Duration::from_millis(300),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(fetched.len(), 1);
+    let server = builder(&store, &probe)
+        .watchdog_interval(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    let d = wait_state(&client, id, JobState::Succeeded).await;
+    assert_eq!(probe.runs("orphan"), 1);
+    assert_eq!(d.job.attempt, 2, "the lost attempt counts");
+    server.shutdown().await.unwrap();
+}
+
+/// Application state given to the builder reaches jobs; a job needing state the server lacks
+/// stops the server from starting.
+pub async fn state_is_injected_and_checked(store: Arc<dyn Storage>) {
+    let err = Server::builder(Arc::clone(&store))
+        .register(TestJob)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Config(ref m) if m.contains("Probe")),
+        "{err}"
+    );
+    runs_an_enqueued_job(store).await;
+}
+
+/// A builder with bad settings is an error at start, naming the setting.
+pub async fn builder_refuses_bad_settings(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let cases: Vec<(ServerBuilder, &str)> = vec![
+        (builder(&store, &probe).workers(0), "worker"),
+        (
+            builder(&store, &probe).queues(Vec::<String>::new()),
+            "queue",
+        ),
+        (builder(&store, &probe).queues(["Bad Queue"]), "Bad Queue"),
+        (builder(&store, &probe).queues(["a", "a"]), "twice"),
+        (
+            builder(&store, &probe)
+                .lease(Duration::from_secs(1))
+                .heartbeat_interval(Duration::from_secs(1)),
+            "heartbeat",
+        ),
+        (Server::builder(Arc::clone(&store)), "no job is registered"),
+        (
+            builder(&store, &probe).register(TestJob),
+            "registered under the name",
+        ),
+    ];
+    for (b, needle) in cases {
+        let err = b.start().await.unwrap_err();
+        assert!(
+            err.to_string().contains(needle),
+            "expected {needle:?} in: {err}"
+        );
+    }
+    assert!(
+        Client::new(Arc::clone(&store))
+            .servers()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Arguments over the payload limit are refused at enqueue, and nothing is stored.
+pub async fn oversized_payload_is_refused(store: Arc<dyn Storage>) {
+    let client = Client::new(Arc::clone(&store)).max_payload(1024);
+    let err = client
+        .enqueue(act(Act::Succeed("x".repeat(2000))))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::PayloadTooLarge { limit: 1024, .. }),
+        "{err}"
+    );
+    let default_client = Client::new(Arc::clone(&store));
+    let err = default_client
+        .enqueue(act(Act::Succeed("x".repeat(1024 * 1024 + 1))))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PayloadTooLarge { .. }), "{err}");
+    assert_eq!(
+        client.stats().await.unwrap().states.values().sum::<u64>(),
+        0
+    );
+}
+
+/// Finished jobs are removed after their retention; failed ones are kept.
+pub async fn expiration_removes_finished_jobs(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe)
+        .retention(Retention::new(
+            Some(Duration::ZERO),
+            Some(Duration::ZERO),
+            None,
+        ))
+        .expiration_interval(Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let ok = client.enqueue(act(Act::Succeed("e".into()))).await.unwrap();
+    let failed = client
+        .enqueue(act(Act::FailForGood("f".into())))
+        .await
+        .unwrap();
+    eventually("the succeeded job to expire", WAIT, || async {
+        matches!(client.job(ok).await, Err(Error::JobNotFound(_))).then_some(())
+    })
+    .await;
+    wait_state(&client, failed, JobState::Failed).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        client.job(failed).await.unwrap().job.state,
+        JobState::Failed
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// Many jobs through many workers: every one succeeds once, and attempts are counted once.
+pub async fn many_jobs_drain_exactly_once(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe).workers(16).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    client
+        .enqueue_many((0..2000).map(|i| act(Act::Succeed(format!("m{i}")))))
+        .await
+        .unwrap();
+    eventually("2000 jobs to succeed", WAIT, || async {
+        (client.stats().await.unwrap().count(JobState::Succeeded) == 2000).then_some(())
+    })
+    .await;
+    for i in 0..2000 {
+        assert_eq!(probe.runs(&format!("m{i}")), 1);
+    }
+    assert_eq!(probe.started.load(Ordering::SeqCst), 2000);
+    server.shutdown().await.unwrap();
+}
+
+/// Generates one test per server case for a store factory.
+#[macro_export]
+macro_rules! server_suite {
+    ($factory:path) => {
+        $crate::server_suite!(@cases $factory;
+            runs_an_enqueued_job,
+            retries_until_success,
+            exhausted_retries_end_failed,
+            fail_error_does_not_retry,
+            snooze_does_not_count_an_attempt,
+            cancel_error_deletes_the_job,
+            panic_is_a_failed_attempt,
+            timeout_is_a_failed_attempt,
+            undecodable_arguments_fail_with_the_field,
+            unknown_job_name_waits_for_a_server_that_knows_it,
+            delayed_job_runs_when_due,
+            scheduler_wakes_for_an_earlier_job,
+            continuations_run_after_their_parent,
+            deleting_a_processing_job_cancels_it,
+            shutdown_waits_for_running_jobs,
+            shutdown_hands_back_unfinished_jobs,
+            queue_and_priority_order,
+            two_servers_run_each_job_once,
+            watchdog_recovers_a_dead_servers_job,
+            state_is_injected_and_checked,
+            builder_refuses_bad_settings,
+            oversized_payload_is_refused,
+            expiration_removes_finished_jobs,
+            many_jobs_drain_exactly_once,
+        );
+    };
+    (@cases $factory:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::support::init_tracing();
+                $crate::server_cases::$case($factory().await).await;
+            }
+        )*
+    };
+}

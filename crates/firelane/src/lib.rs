@@ -66,8 +66,8 @@ pub use server::{Server, ServerBuilder, ShutdownReport};
 
 pub use firelane_core::{
     BoxError, Change, ContinueOn, Error, HistoryEntry, Initial, IntoStorage, JobDetails, JobId,
-    JobQuery, JobRecord, JobState, NewJob, QueueStats, Result, Retention, RetryPolicy,
-    ServerId, ServerRecord, Stats, Storage,
+    JobQuery, JobRecord, JobState, NewJob, QueueStats, Result, Retention, RetryPolicy, ServerId,
+    ServerRecord, Stats, Storage,
 };
 
 /// What a backend implements, for those writing or testing one.

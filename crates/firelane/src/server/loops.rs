@@ -25,7 +25,10 @@ where
             match tokio::spawn(body(Arc::clone(&shared))).await {
                 Ok(()) => return,
                 Err(e) if e.is_panic() => {
-                    shared.counters.loop_restarts.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .counters
+                        .loop_restarts
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::error!(server = %shared.info.id, loop_name = name, "server loop panicked; restarting it in 1 s");
                     tokio::select! {
                         () = shared.heartbeat_stop.cancelled() => return,

@@ -268,7 +268,10 @@ impl ServerBuilder {
             return bad("a server needs at least 1 worker (`.workers(n)`)".into());
         }
         if c.workers > 10_000 {
-            return bad(format!("{} workers is more than the 10,000 allowed", c.workers));
+            return bad(format!(
+                "{} workers is more than the 10,000 allowed",
+                c.workers
+            ));
         }
         if c.queues.is_empty() {
             return bad("a server needs at least one queue (`.queues([\"default\"])`)".into());
@@ -281,10 +284,14 @@ impl ServerBuilder {
             }
         }
         if self.handlers.is_empty() {
-            return bad("no job is registered: add `.register(MyJob)` for each job the server runs".into());
+            return bad(
+                "no job is registered: add `.register(MyJob)` for each job the server runs".into(),
+            );
         }
         if let Some(name) = self.duplicate_names.first() {
-            return bad(format!("two job types are registered under the name {name:?}; job names must be unique"));
+            return bad(format!(
+                "two job types are registered under the name {name:?}; job names must be unique"
+            ));
         }
         for h in self.handlers.values() {
             for ty in h.required_state() {
@@ -297,7 +304,10 @@ impl ServerBuilder {
             }
         }
         if c.lease < Duration::from_millis(100) {
-            return bad(format!("lease {:?} is shorter than the minimum of 100 ms", c.lease));
+            return bad(format!(
+                "lease {:?} is shorter than the minimum of 100 ms",
+                c.lease
+            ));
         }
         if c.heartbeat.is_zero() || c.heartbeat * 2 > c.lease {
             return bad(format!(
@@ -377,7 +387,9 @@ impl Shared {
     }
 
     pub(crate) fn watchdog_interval(&self) -> Duration {
-        self.config.watchdog_interval.unwrap_or(self.config.heartbeat)
+        self.config
+            .watchdog_interval
+            .unwrap_or(self.config.heartbeat)
     }
 }
 

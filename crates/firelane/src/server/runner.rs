@@ -146,7 +146,10 @@ async fn execute(
 ) -> Ended {
     let Some(handler) = shared.handlers.get(&job.name) else {
         // The fetch asks only for registered names; this is a store that ignored that.
-        return Ended::BadArgs(format!("no job named `{}` is registered on this server", job.name));
+        return Ended::BadArgs(format!(
+            "no job named `{}` is registered on this server",
+            job.name
+        ));
     };
     let future = match handler.start(ctx, &job.args) {
         Ok(f) => f,
