@@ -225,6 +225,13 @@ impl SqliteStorage {
         &self.inner.write_pool
     }
 
+    /// How much group commit has been grouping: write transactions committed (or tried) and
+    /// the operations they carried, since the store was opened.
+    pub fn writer_stats(&self) -> WriterStats {
+        let (batches, ops) = self.inner.writer.counters();
+        WriterStats { batches, ops }
+    }
+
     /// The store's address, for messages.
     pub fn url(&self) -> &str {
         &self.inner.url
@@ -259,6 +266,16 @@ impl SqliteStorage {
             .await
             .map_err(|e| db_error(op, e))
     }
+}
+
+/// Counts of the writer's work, from [`SqliteStorage::writer_stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WriterStats {
+    /// Write transactions run.
+    pub batches: u64,
+    /// Write operations run in them (`ops / batches` is the average batch size).
+    pub ops: u64,
 }
 
 /// Runs `$body` (an expression using `$tx: &mut SqliteConnection`) in a read transaction on

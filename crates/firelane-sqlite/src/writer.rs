@@ -13,6 +13,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use firelane_core::{Error, Result, Signal};
@@ -152,6 +153,14 @@ impl std::error::Error for BatchError {
 #[derive(Clone, Debug)]
 pub(crate) struct Writer {
     tx: mpsc::Sender<Box<dyn Op>>,
+    counters: Arc<Counters>,
+}
+
+/// What the writer has done so far.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) batches: AtomicU64,
+    pub(crate) ops: AtomicU64,
 }
 
 impl Writer {
@@ -162,8 +171,17 @@ impl Writer {
         max_batch: usize,
     ) -> Self {
         let (tx, rx) = mpsc::channel(max_batch.saturating_mul(4).max(16));
-        tokio::spawn(run(pool, rx, signals, max_batch));
-        Self { tx }
+        let counters = Arc::new(Counters::default());
+        tokio::spawn(run(pool, rx, signals, max_batch, counters.clone()));
+        Self { tx, counters }
+    }
+
+    /// Batches and operations run so far.
+    pub(crate) fn counters(&self) -> (u64, u64) {
+        (
+            self.counters.batches.load(Ordering::Relaxed),
+            self.counters.ops.load(Ordering::Relaxed),
+        )
     }
 
     /// Runs `f` in the next batch and waits for the batch to commit.
@@ -189,12 +207,25 @@ async fn run(
     mut rx: mpsc::Receiver<Box<dyn Op>>,
     signals: broadcast::Sender<Signal>,
     max_batch: usize,
+    counters: Arc<Counters>,
 ) {
     let mut batch: Vec<Box<dyn Op>> = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut batch, max_batch).await > 0 {
         let ops = std::mem::take(&mut batch);
         let size = ops.len();
-        let sent = run_batch(&pool, ops).await;
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters.ops.fetch_add(size as u64, Ordering::Relaxed);
+        // Each batch runs in a task of its own, so that a panic in one (a bug) fails only its
+        // callers (their answers are dropped: they get `Error::Shutdown`) and the writer goes
+        // on with the next batch.
+        let batch_pool = pool.clone();
+        let sent = match tokio::spawn(async move { run_batch(&batch_pool, ops).await }).await {
+            Ok(sent) => sent,
+            Err(e) => {
+                tracing::error!(error = %e, ops = size, "sqlite write batch panicked");
+                Vec::new()
+            }
+        };
         tracing::trace!(ops = size, signals = sent.len(), "sqlite batch done");
         for signal in sent {
             // No receiver is not an error: servers may not be listening.

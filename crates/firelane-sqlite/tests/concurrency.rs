@@ -42,6 +42,7 @@ fn fetch_request(server: &ServerId, limit: usize, now: DateTime<Utc>) -> FetchRe
 async fn concurrent_callers_share_batches_and_a_failing_op_fails_alone() {
     let storage = SqliteStorage::connect(":memory:").await.unwrap();
     let now = Utc::now();
+    let before = storage.writer_stats();
 
     // Hold the writer's connection so that every operation below queues up and lands in
     // the same batch (or few batches), good and bad ones mixed.
@@ -76,6 +77,13 @@ async fn concurrent_callers_share_batches_and_a_failing_op_fails_alone() {
         }
     }
     assert_eq!((ok, refused), (180, 20));
+    let after = storage.writer_stats();
+    let (batches, ops) = (after.batches - before.batches, after.ops - before.ops);
+    assert_eq!(ops, 200);
+    assert!(
+        batches <= 10,
+        "200 waiting operations ran in {batches} transactions"
+    );
     let stats = storage.stats().await.unwrap();
     // The failing batches were all or none: their first job is not there either.
     assert_eq!(stats.count(JobState::Enqueued), 360);
