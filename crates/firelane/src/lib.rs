@@ -99,3 +99,8 @@ pub mod prelude {
         Client, ContinueOn, Job, JobContext, JobError, JobId, JobOptions, JobState, Server,
     };
 }
+
+/// The README's code, compiled as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
