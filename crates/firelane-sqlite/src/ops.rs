@@ -373,6 +373,20 @@ pub(crate) async fn enqueue(
     Ok(out)
 }
 
+/// The columns of a fetch's candidates: the queue row and what the job needs.
+macro_rules! fetch_select {
+    ($filter:literal) => {
+        concat!(
+            "SELECT q.seq, q.job_id, j.state, j.name, j.queue, j.priority, j.args, j.attempt,
+                    j.max_attempts, j.retry_delays, j.timeout_ms, j.created_at, j.state_at
+             FROM queue q LEFT JOIN jobs j ON j.id = q.job_id
+             WHERE q.queue = ? ",
+            $filter,
+            " ORDER BY q.priority DESC, q.seq LIMIT ?"
+        )
+    };
+}
+
 /// [`firelane_core::Storage::fetch`].
 pub(crate) async fn fetch(
     conn: &mut SqliteConnection,
@@ -393,23 +407,18 @@ pub(crate) async fn fetch(
             break;
         }
         let remaining = i64::try_from(remaining).unwrap_or(i64::MAX);
-        let candidates: Vec<(i64, Vec<u8>)> = match &names {
+        let rows = match &names {
             None => {
-                sqlx::query_as(
-                    "SELECT seq, job_id FROM queue WHERE queue = ?
-                     ORDER BY priority DESC, seq LIMIT ?",
-                )
-                .bind(queue)
-                .bind(remaining)
-                .fetch_all(&mut *conn)
-                .await?
+                sqlx::query(fetch_select!(""))
+                    .bind(queue)
+                    .bind(remaining)
+                    .fetch_all(&mut *conn)
+                    .await?
             }
             Some(names) => {
-                sqlx::query_as(
-                    "SELECT seq, job_id FROM queue
-                     WHERE queue = ? AND name IN (SELECT value FROM json_each(?))
-                     ORDER BY priority DESC, seq LIMIT ?",
-                )
+                sqlx::query(fetch_select!(
+                    "AND q.name IN (SELECT value FROM json_each(?))"
+                ))
                 .bind(queue)
                 .bind(names)
                 .bind(remaining)
@@ -417,24 +426,25 @@ pub(crate) async fn fetch(
                 .await?
             }
         };
-        for (seq, id) in candidates {
-            sqlx::query("DELETE FROM queue WHERE seq = ?")
-                .bind(seq)
-                .execute(&mut *conn)
-                .await?;
-            let Some(row) = sqlx::query(
-                "SELECT name, queue, priority, args, attempt, max_attempts, retry_delays,
-                        timeout_ms, created_at, state_at
-                 FROM jobs WHERE id = ? AND state = 'enqueued'",
-            )
-            .bind(&id)
-            .fetch_optional(&mut *conn)
-            .await?
-            else {
-                tracing::warn!(job = ?JobId::from_slice(&id), "queue row of a job that is not enqueued: dropped");
+        if rows.is_empty() {
+            continue;
+        }
+        let seqs: Vec<i64> = rows
+            .iter()
+            .map(|r| r.try_get("seq"))
+            .collect::<Result<_, _>>()?;
+        sqlx::query("DELETE FROM queue WHERE seq IN (SELECT value FROM json_each(?))")
+            .bind(serde_json::Value::from(seqs).to_string())
+            .execute(&mut *conn)
+            .await?;
+        for row in rows {
+            let raw_id: Vec<u8> = row.try_get("job_id")?;
+            let state: Option<String> = row.try_get("state")?;
+            if state.as_deref() != Some(JobState::Enqueued.as_str()) {
+                tracing::warn!(job = ?JobId::from_slice(&raw_id), ?state, "dropped the queue row of a job that is not enqueued");
                 continue;
-            };
-            let id = job_id(&id)?;
+            }
+            let id = job_id(&raw_id)?;
             let attempt = count_u32(row.try_get("attempt")?).saturating_add(1);
             let lease = LeaseId::new();
             sqlx::query(
@@ -447,7 +457,7 @@ pub(crate) async fn fetch(
             .bind(lease.as_bytes().as_slice())
             .bind(server)
             .bind(us(request.lease_until))
-            .bind(id.as_bytes().as_slice())
+            .bind(&raw_id)
             .execute(&mut *conn)
             .await?;
             let entry = Entry::new(JobState::Processing, request.now, attempt).server(Some(server));
