@@ -795,6 +795,213 @@ pub async fn many_jobs_drain_exactly_once(store: Arc<dyn Storage>) {
     server.shutdown().await.unwrap();
 }
 
+/// A store that fails on command: the real store underneath, with outages switched on and off
+/// by the test. The thing under test is the server, not the store.
+#[derive(Debug)]
+pub struct FlakyStore {
+    inner: Arc<dyn Storage>,
+    /// Every call fails while set.
+    pub down: std::sync::atomic::AtomicBool,
+    /// Only `complete` fails while set.
+    pub completions_down: std::sync::atomic::AtomicBool,
+}
+
+impl FlakyStore {
+    pub fn new(inner: Arc<dyn Storage>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            down: false.into(),
+            completions_down: false.into(),
+        })
+    }
+
+    fn check(&self, op: &'static str) -> firelane::Result<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Error::backend(
+                op,
+                std::io::Error::other("store unreachable (injected)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[firelane_core::async_trait]
+impl Storage for FlakyStore {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn enqueue(
+        &self,
+        jobs: Vec<NewJob>,
+        now: chrono::DateTime<Utc>,
+    ) -> firelane::Result<Vec<firelane::storage::Enqueued>> {
+        self.check("enqueue")?;
+        self.inner.enqueue(jobs, now).await
+    }
+    async fn fetch(&self, r: FetchRequest) -> firelane::Result<Vec<firelane::storage::FetchedJob>> {
+        self.check("fetch")?;
+        self.inner.fetch(r).await
+    }
+    async fn complete(
+        &self,
+        c: Vec<firelane::storage::Completion>,
+    ) -> firelane::Result<Vec<firelane::storage::CompletionStatus>> {
+        self.check("complete")?;
+        if self.completions_down.load(Ordering::SeqCst) {
+            return Err(Error::backend(
+                "complete",
+                std::io::Error::other("injected"),
+            ));
+        }
+        self.inner.complete(c).await
+    }
+    async fn heartbeat(
+        &self,
+        h: firelane::storage::Heartbeat,
+    ) -> firelane::Result<firelane::storage::HeartbeatReply> {
+        self.check("heartbeat")?;
+        self.inner.heartbeat(h).await
+    }
+    async fn remove_server(&self, s: &ServerId) -> firelane::Result<()> {
+        self.check("remove_server")?;
+        self.inner.remove_server(s).await
+    }
+    async fn promote_due(
+        &self,
+        now: chrono::DateTime<Utc>,
+        limit: usize,
+    ) -> firelane::Result<firelane::storage::Promotion> {
+        self.check("promote_due")?;
+        self.inner.promote_due(now, limit).await
+    }
+    async fn recover(
+        &self,
+        now: chrono::DateTime<Utc>,
+        dead_after: Duration,
+    ) -> firelane::Result<firelane::storage::Recovery> {
+        self.check("recover")?;
+        self.inner.recover(now, dead_after).await
+    }
+    async fn expire(
+        &self,
+        now: chrono::DateTime<Utc>,
+        r: Retention,
+        limit: usize,
+    ) -> firelane::Result<u64> {
+        self.check("expire")?;
+        self.inner.expire(now, r, limit).await
+    }
+    async fn delete(
+        &self,
+        ids: &[JobId],
+        reason: &str,
+        now: chrono::DateTime<Utc>,
+    ) -> firelane::Result<Vec<firelane::Change>> {
+        self.check("delete")?;
+        self.inner.delete(ids, reason, now).await
+    }
+    async fn requeue(
+        &self,
+        ids: &[JobId],
+        reason: &str,
+        now: chrono::DateTime<Utc>,
+    ) -> firelane::Result<Vec<firelane::Change>> {
+        self.check("requeue")?;
+        self.inner.requeue(ids, reason, now).await
+    }
+    async fn job(&self, id: JobId) -> firelane::Result<Option<firelane::JobDetails>> {
+        self.check("job")?;
+        self.inner.job(id).await
+    }
+    async fn list_jobs(&self, q: firelane::JobQuery) -> firelane::Result<Vec<firelane::JobRecord>> {
+        self.check("list_jobs")?;
+        self.inner.list_jobs(q).await
+    }
+    async fn stats(&self) -> firelane::Result<firelane::Stats> {
+        self.check("stats")?;
+        self.inner.stats().await
+    }
+    async fn servers(&self) -> firelane::Result<Vec<firelane::ServerRecord>> {
+        self.check("servers")?;
+        self.inner.servers().await
+    }
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<firelane::storage::Signal> {
+        self.inner.subscribe()
+    }
+}
+
+/// The store goes away while jobs run: the server backs off, keeps its jobs, and once the store
+/// is back every job succeeds exactly once; enqueues during the outage return an error.
+pub async fn store_outage_mid_flight_loses_nothing(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let flaky = FlakyStore::new(Arc::clone(&store));
+    let flaky_dyn: Arc<dyn Storage> = flaky.clone();
+    let server = builder(&flaky_dyn, &probe).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    client
+        .enqueue_many((0..60).map(|i| act(Act::Sleep(format!("o{i}"), 20))))
+        .await
+        .unwrap();
+    eventually("some progress", WAIT, || async {
+        (probe.order().len() >= 5).then_some(())
+    })
+    .await;
+    flaky.down.store(true, Ordering::SeqCst);
+    let err = Client::new(Arc::clone(&flaky_dyn))
+        .enqueue(act(Act::Succeed("during".into())))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("store unreachable"), "{err}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    flaky.down.store(false, Ordering::SeqCst);
+    eventually("60 jobs to succeed", WAIT, || async {
+        (client.stats().await.unwrap().count(JobState::Succeeded) == 60).then_some(())
+    })
+    .await;
+    for i in 0..60 {
+        assert_eq!(probe.runs(&format!("o{i}")), 1, "job o{i}");
+    }
+    assert_eq!(probe.runs("during"), 0);
+    server.shutdown().await.unwrap();
+}
+
+/// Outcomes that cannot be written keep their leases alive through heartbeats, so that an
+/// outage of the writes longer than the lease does not make another server run the job again.
+pub async fn unwritten_outcomes_keep_their_lease(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let flaky = FlakyStore::new(Arc::clone(&store));
+    let flaky_dyn: Arc<dyn Storage> = flaky.clone();
+    flaky.completions_down.store(true, Ordering::SeqCst);
+    let server = builder(&flaky_dyn, &probe)
+        .lease(Duration::from_millis(500))
+        .heartbeat_interval(Duration::from_millis(100))
+        .watchdog_interval(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let id = client
+        .enqueue(act(Act::Succeed("once".into())))
+        .await
+        .unwrap();
+    eventually("the job to run", WAIT, || async {
+        (probe.runs("once") == 1).then_some(())
+    })
+    .await;
+    // Three leases long: without the heartbeat covering it, the watchdog would re-enqueue it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        client.job(id).await.unwrap().job.state,
+        JobState::Processing
+    );
+    flaky.completions_down.store(false, Ordering::SeqCst);
+    let d = wait_state(&client, id, JobState::Succeeded).await;
+    assert_eq!(probe.runs("once"), 1);
+    assert_eq!(d.job.attempt, 1);
+    server.shutdown().await.unwrap();
+}
+
 /// Generates one test per server case for a store factory.
 #[macro_export]
 macro_rules! server_suite {
@@ -824,6 +1031,8 @@ macro_rules! server_suite {
             oversized_payload_is_refused,
             expiration_removes_finished_jobs,
             many_jobs_drain_exactly_once,
+            store_outage_mid_flight_loses_nothing,
+            unwritten_outcomes_keep_their_lease,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

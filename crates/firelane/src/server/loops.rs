@@ -225,6 +225,7 @@ async fn flush(shared: &Shared, batch: &mut Vec<Completion>) {
     loop {
         match shared.storage.complete(batch.clone()).await {
             Ok(statuses) => {
+                forget_unwritten(shared, batch);
                 for (c, s) in batch.iter().zip(statuses) {
                     if s == CompletionStatus::Stale {
                         tracing::info!(job.id = %c.id, "outcome ignored: the job's lease had passed to someone else");
@@ -238,6 +239,7 @@ async fn flush(shared: &Shared, batch: &mut Vec<Completion>) {
                     let since = *closing_since.get_or_insert_with(std::time::Instant::now);
                     if since.elapsed() > shared.config.lease {
                         tracing::error!(error = %e, jobs = batch.len(), "giving up writing outcomes at shutdown; the jobs return to their queues when their leases lapse");
+                        forget_unwritten(shared, batch);
                         batch.clear();
                         return;
                     }
@@ -246,6 +248,15 @@ async fn flush(shared: &Shared, batch: &mut Vec<Completion>) {
                 tracing::warn!(error = %e, jobs = batch.len(), retry_in = ?wait, "writing job outcomes failed");
                 tokio::time::sleep(wait).await;
             }
+        }
+    }
+}
+
+fn forget_unwritten(shared: &Shared, batch: &[Completion]) {
+    let mut unwritten = shared.unwritten();
+    for c in batch {
+        if unwritten.get(&c.id) == Some(&c.lease) {
+            unwritten.remove(&c.id);
         }
     }
 }
@@ -283,11 +294,12 @@ pub(super) async fn scheduler(shared: Arc<Shared>) {
 /// Tells the store this server is alive and extends the leases of its running jobs.
 pub(super) async fn heartbeat(shared: Arc<Shared>) {
     loop {
-        let running = shared
+        let mut running: Vec<_> = shared
             .running()
             .iter()
             .map(|(id, job)| (*id, job.lease))
             .collect();
+        running.extend(shared.unwritten().iter().map(|(id, lease)| (*id, *lease)));
         let now = Utc::now();
         let beat = Heartbeat::new(
             shared.info.clone(),

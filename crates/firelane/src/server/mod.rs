@@ -245,6 +245,7 @@ impl ServerBuilder {
             info,
             semaphore: Arc::new(Semaphore::new(config.workers)),
             running: Mutex::new(HashMap::new()),
+            unwritten: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             completer_close: CancellationToken::new(),
@@ -360,6 +361,9 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) semaphore: Arc<Semaphore>,
     pub(crate) running: Mutex<HashMap<JobId, RunningJob>>,
+    /// Finished jobs whose outcome is not written yet: their leases are still extended, so that
+    /// a store outage longer than the lease does not hand them to another server.
+    pub(crate) unwritten: Mutex<HashMap<JobId, LeaseId>>,
     /// Stops fetching and the periodic loops.
     pub(crate) stop: CancellationToken,
     /// Aborts jobs still running when the shutdown timeout ends.
@@ -378,6 +382,12 @@ impl Shared {
     pub(crate) fn running(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, RunningJob>> {
         // A panic while holding this lock leaves the map itself intact: keep using it.
         self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn unwritten(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, LeaseId>> {
+        self.unwritten
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }

@@ -122,6 +122,7 @@ async fn run(shared: Arc<Shared>, job: FetchedJob) {
         duration,
         now,
     );
+    shared.unwritten().insert(job.id, job.lease);
     // The completer only closes after every runner has finished, so this cannot fail in a
     // graceful shutdown; after an abrupt drop the lease lapses and the job is recovered.
     let _ = shared.completion_tx.send(completion).await;
