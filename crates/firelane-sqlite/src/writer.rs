@@ -256,35 +256,53 @@ async fn run_batch(pool: &SqlitePool, ops: Vec<Box<dyn Op>>) -> Vec<Signal> {
         }
     };
 
+    // Savepoints cost a round trip to the connection's thread each, so they are merged: the
+    // statement between two operations ends the previous savepoint and opens the next, and
+    // COMMIT releases the last. A batch of one operation needs none: if it fails, the whole
+    // transaction is rolled back.
+    let single = ops.len() == 1;
     let mut done: Vec<Box<dyn Done>> = Vec::with_capacity(ops.len());
     let mut signals = Signals::new();
     let mut broken: Option<BatchError> = None;
+    let mut last_ok = true;
     let mut ops = ops.into_iter();
-    for op in ops.by_ref() {
-        if let Err(e) = sqlx::query("SAVEPOINT firelane_op").execute(&mut *tx).await {
-            let error = BatchError::new("SAVEPOINT", e);
-            op.fail(&error);
-            broken = Some(error);
-            break;
+    for (i, op) in ops.by_ref().enumerate() {
+        if !single {
+            let sql = match (i, last_ok) {
+                (0, _) => "SAVEPOINT firelane_op",
+                (_, true) => "RELEASE firelane_op; SAVEPOINT firelane_op",
+                (_, false) => "ROLLBACK TO firelane_op; RELEASE firelane_op; SAVEPOINT firelane_op",
+            };
+            if let Err(e) = sqlx::raw_sql(sql).execute(&mut *tx).await {
+                let error = BatchError::new("SAVEPOINT", e);
+                op.fail(&error);
+                broken = Some(error);
+                break;
+            }
         }
         let mut op_signals = Signals::new();
         let result = op.run(&mut tx, &mut op_signals).await;
-        let end = if result.ok() {
+        last_ok = result.ok();
+        if last_ok {
             signals.append(&mut op_signals);
-            sqlx::query("RELEASE firelane_op").execute(&mut *tx).await
-        } else {
-            match sqlx::query("ROLLBACK TO firelane_op")
-                .execute(&mut *tx)
-                .await
-            {
-                Ok(_) => sqlx::query("RELEASE firelane_op").execute(&mut *tx).await,
-                Err(e) => Err(e),
-            }
-        };
+        }
         done.push(result);
-        if let Err(e) = end {
-            broken = Some(BatchError::new("ending a savepoint", e));
-            break;
+    }
+    if broken.is_none() && !last_ok {
+        if single {
+            // The operation's own error goes to its caller; nothing else is in the batch.
+            if let Err(e) = tx.rollback().await {
+                tracing::warn!(error = %e, "rollback of a failed operation failed; closing the connection");
+                conn.close_on_drop();
+            }
+            done.into_iter().for_each(|d| d.finish(None));
+            return Vec::new();
+        }
+        if let Err(e) = sqlx::query("ROLLBACK TO firelane_op")
+            .execute(&mut *tx)
+            .await
+        {
+            broken = Some(BatchError::new("ROLLBACK TO", e));
         }
     }
 

@@ -257,3 +257,22 @@ async fn many_concurrent_fetchers_on_memory_get_distinct_jobs() {
     let unique: HashSet<JobId> = all.iter().copied().collect();
     assert_eq!((all.len(), unique.len()), (1000, 1000));
 }
+
+#[tokio::test]
+async fn a_failing_operation_alone_in_its_batch_is_rolled_back() {
+    let storage = SqliteStorage::connect(":memory:").await.unwrap();
+    let now = Utc::now();
+    let err = storage
+        .enqueue(vec![job("default"), orphan()], now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::JobNotFound(_)), "{err:?}");
+    assert_eq!(storage.stats().await.unwrap().count(JobState::Enqueued), 0);
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM history")
+        .fetch_one(storage.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+    storage.enqueue(vec![job("default")], now).await.unwrap();
+    assert_eq!(storage.stats().await.unwrap().count(JobState::Enqueued), 1);
+}
