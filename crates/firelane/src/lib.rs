@@ -67,7 +67,7 @@ pub use server::{Server, ServerBuilder, ShutdownReport};
 pub use firelane_core::{
     BoxError, Change, ContinueOn, Error, HistoryEntry, Initial, IntoStorage, JobDetails, JobId,
     JobQuery, JobRecord, JobState, NewJob, QueueStats, Result, Retention, RetryPolicy, ServerId,
-    ServerRecord, Stats, Storage,
+    ServerRecord, Stats, Storage, validate_queue,
 };
 
 /// What a backend implements, for those writing or testing one.
@@ -80,7 +80,7 @@ pub mod storage {
 
 use firelane_core::{
     Completion, CompletionStatus, DEFAULT_QUEUE, FetchRequest, FetchedJob, Heartbeat, LeaseId,
-    Outcome, ServerInfo, Signal, validate_queue,
+    Outcome, ServerInfo, Signal,
 };
 
 #[cfg(feature = "sqlite")]
