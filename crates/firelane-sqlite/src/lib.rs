@@ -58,6 +58,7 @@ mod config;
 mod ops;
 mod reads;
 mod schema;
+mod sql;
 mod writer;
 
 use std::fmt;

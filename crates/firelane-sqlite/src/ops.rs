@@ -24,14 +24,8 @@ use crate::codec::{
     OpResult, count_u32, job_id, lease_id, micros, minus, ms, retry_delays, retry_policy, state,
     time, us,
 };
+use crate::sql;
 use crate::writer::Signals;
-
-/// The columns [`Head`] reads.
-macro_rules! head_columns {
-    () => {
-        "id, name, queue, priority, state, attempt, max_attempts, lease_id, lease_server, lease_until"
-    };
-}
 
 /// An id as the hex text that `unhex` turns back into its 16 bytes.
 fn hex(id: JobId) -> String {
@@ -90,14 +84,10 @@ async fn heads(
     conn: &mut SqliteConnection,
     ids: impl IntoIterator<Item = JobId>,
 ) -> OpResult<HashMap<JobId, Head>> {
-    let rows = sqlx::query(concat!(
-        "SELECT ",
-        head_columns!(),
-        " FROM jobs WHERE id IN (SELECT unhex(value) FROM json_each(?))"
-    ))
-    .bind(hex_array(ids))
-    .fetch_all(conn)
-    .await?;
+    let rows = sqlx::query(sql::HEADS)
+        .bind(hex_array(ids))
+        .fetch_all(conn)
+        .await?;
     rows.iter()
         .map(|row| Head::from_row(row).map(|h| (h.id, h)))
         .collect()
@@ -189,7 +179,7 @@ async fn apply_many(
         .map(|(h, _)| h.id)
         .collect();
     if !leaving.is_empty() {
-        sqlx::query("DELETE FROM queue WHERE job_id IN (SELECT unhex(value) FROM json_each(?))")
+        sqlx::query(sql::QUEUE_DELETE_JOBS)
             .bind(hex_array(leaving))
             .execute(&mut *conn)
             .await?;
@@ -215,38 +205,20 @@ async fn apply_many(
         })
         .collect();
     let rows = Value::Array(rows).to_string();
-    sqlx::query(
-        "UPDATE jobs SET state = x.value ->> 'state', attempt = x.value ->> 'attempt',
-             state_at = x.value ->> 'at', due_at = x.value ->> 'due', lease_id = NULL,
-             lease_server = NULL, lease_until = NULL, finished_at = x.value ->> 'fin',
-             reason = x.value ->> 'reason',
-             last_error = COALESCE(x.value ->> 'error', jobs.last_error)
-         FROM json_each(?) AS x
-         WHERE jobs.id = unhex(x.value ->> 'id')",
-    )
-    .bind(&rows)
-    .execute(&mut *conn)
-    .await?;
-    if moves.iter().any(|(_, e)| e.state == JobState::Enqueued) {
-        sqlx::query(
-            "INSERT INTO queue (queue, priority, name, job_id)
-             SELECT x.value ->> 'q', x.value ->> 'p', x.value ->> 'n', unhex(x.value ->> 'id')
-             FROM json_each(?) AS x WHERE x.value ->> 'state' = 'enqueued' ORDER BY x.key",
-        )
+    sqlx::query(sql::MOVE_JOBS)
         .bind(&rows)
         .execute(&mut *conn)
         .await?;
+    if moves.iter().any(|(_, e)| e.state == JobState::Enqueued) {
+        sqlx::query(sql::MOVE_QUEUE)
+            .bind(&rows)
+            .execute(&mut *conn)
+            .await?;
     }
-    sqlx::query(
-        "INSERT INTO history (job_id, state, at, reason, server, attempt, duration_us, error)
-         SELECT unhex(x.value ->> 'id'), x.value ->> 'state', x.value ->> 'at',
-                x.value ->> 'reason', x.value ->> 'server', x.value ->> 'attempt',
-                x.value ->> 'dur', x.value ->> 'error'
-         FROM json_each(?) AS x ORDER BY x.key",
-    )
-    .bind(&rows)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(sql::MOVE_HISTORY)
+        .bind(&rows)
+        .execute(&mut *conn)
+        .await?;
     for (h, e) in moves {
         match e.state {
             JobState::Enqueued => signals.push(Signal::Enqueued {
@@ -276,17 +248,10 @@ async fn release(
             .iter()
             .map(|(id, s, at)| (*id, (*s, *at)))
             .collect();
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            head_columns!(),
-            ", parent_id, continue_on FROM jobs
-             WHERE parent_id IS NOT NULL AND state = 'awaiting'
-               AND parent_id IN (SELECT unhex(value) FROM json_each(?))
-             ORDER BY id"
-        ))
-        .bind(hex_array(parents.keys().copied()))
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows = sqlx::query(sql::CHILDREN)
+            .bind(hex_array(parents.keys().copied()))
+            .fetch_all(&mut *conn)
+            .await?;
         let mut moves = Vec::new();
         let mut next = Vec::new();
         for row in rows {
@@ -353,12 +318,10 @@ pub(crate) async fn enqueue(
         .collect();
     let mut known: HashMap<JobId, JobState> = HashMap::new();
     if !parents.is_empty() {
-        let rows = sqlx::query(
-            "SELECT id, state FROM jobs WHERE id IN (SELECT unhex(value) FROM json_each(?))",
-        )
-        .bind(hex_array(parents))
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows = sqlx::query(sql::PARENT_STATES)
+            .bind(hex_array(parents))
+            .fetch_all(&mut *conn)
+            .await?;
         for row in rows {
             known.insert(
                 job_id(&row.try_get::<Vec<u8>, _>("id")?)?,
@@ -432,56 +395,23 @@ pub(crate) async fn enqueue(
         out.push(Enqueued::new(job.id, state));
     }
     let rows = Value::Array(rows).to_string();
-    sqlx::query(
-        "INSERT INTO jobs (id, name, queue, priority, args, state, attempt, max_attempts,
-             retry_delays, timeout_ms, created_at, state_at, due_at, parent_id, continue_on,
-             reason, finished_at)
-         SELECT unhex(x.value ->> 'id'), x.value ->> 'name', x.value ->> 'queue',
-                x.value ->> 'priority', x.value ->> 'args', x.value ->> 'state', 0,
-                x.value ->> 'max', x.value ->> 'delays', x.value ->> 'timeout', ?2, ?2,
-                x.value ->> 'due', unhex(x.value ->> 'parent'), x.value ->> 'on',
-                x.value ->> 'reason', x.value ->> 'fin'
-         FROM json_each(?1) AS x ORDER BY x.key",
-    )
-    .bind(&rows)
-    .bind(us(now))
-    .execute(&mut *conn)
-    .await?;
-    if out.iter().any(|e| e.state == JobState::Enqueued) {
-        sqlx::query(
-            "INSERT INTO queue (queue, priority, name, job_id)
-             SELECT x.value ->> 'queue', x.value ->> 'priority', x.value ->> 'name',
-                    unhex(x.value ->> 'id')
-             FROM json_each(?) AS x WHERE x.value ->> 'state' = 'enqueued' ORDER BY x.key",
-        )
+    sqlx::query(sql::ENQUEUE_JOBS)
         .bind(&rows)
+        .bind(us(now))
         .execute(&mut *conn)
         .await?;
+    if out.iter().any(|e| e.state == JobState::Enqueued) {
+        sqlx::query(sql::ENQUEUE_QUEUE)
+            .bind(&rows)
+            .execute(&mut *conn)
+            .await?;
     }
-    sqlx::query(
-        "INSERT INTO history (job_id, state, at, reason, attempt)
-         SELECT unhex(x.value ->> 'id'), x.value ->> 'state', ?2, x.value ->> 'reason', 0
-         FROM json_each(?1) AS x ORDER BY x.key",
-    )
-    .bind(&rows)
-    .bind(us(now))
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(sql::ENQUEUE_HISTORY)
+        .bind(&rows)
+        .bind(us(now))
+        .execute(&mut *conn)
+        .await?;
     Ok(out)
-}
-
-/// The candidates of a fetch: the queue rows and what their jobs need.
-macro_rules! fetch_select {
-    ($filter:literal) => {
-        concat!(
-            "SELECT q.seq, q.job_id, j.state, j.name, j.queue, j.priority, j.args, j.attempt,
-                    j.max_attempts, j.retry_delays, j.timeout_ms, j.created_at, j.state_at
-             FROM queue q LEFT JOIN jobs j ON j.id = q.job_id
-             WHERE q.queue = ? ",
-            $filter,
-            " ORDER BY q.priority DESC, q.seq LIMIT ?"
-        )
-    };
 }
 
 /// [`firelane_core::Storage::fetch`].
@@ -505,21 +435,19 @@ pub(crate) async fn fetch(
         }
         let candidates = match &names {
             None => {
-                sqlx::query(fetch_select!(""))
+                sqlx::query(sql::FETCH_ANY)
                     .bind(queue)
                     .bind(limit_i64(remaining))
                     .fetch_all(&mut *conn)
                     .await?
             }
             Some(names) => {
-                sqlx::query(fetch_select!(
-                    "AND q.name IN (SELECT value FROM json_each(?))"
-                ))
-                .bind(queue)
-                .bind(names)
-                .bind(limit_i64(remaining))
-                .fetch_all(&mut *conn)
-                .await?
+                sqlx::query(sql::FETCH_NAMED)
+                    .bind(queue)
+                    .bind(names)
+                    .bind(limit_i64(remaining))
+                    .fetch_all(&mut *conn)
+                    .await?
             }
         };
         if candidates.is_empty() {
@@ -529,7 +457,7 @@ pub(crate) async fn fetch(
             .iter()
             .map(|r| r.try_get("seq"))
             .collect::<Result<_, _>>()?;
-        sqlx::query("DELETE FROM queue WHERE seq IN (SELECT value FROM json_each(?))")
+        sqlx::query(sql::FETCH_DELETE_QUEUE)
             .bind(Value::from(seqs).to_string())
             .execute(&mut *conn)
             .await?;
@@ -571,29 +499,19 @@ pub(crate) async fn fetch(
             continue;
         }
         let leased = Value::Array(leased).to_string();
-        sqlx::query(
-            "UPDATE jobs SET state = 'processing', attempt = x.value ->> 'attempt', state_at = ?2,
-                 lease_id = unhex(x.value ->> 'lease'), lease_server = ?3, lease_until = ?4,
-                 due_at = NULL, reason = NULL
-             FROM json_each(?1) AS x
-             WHERE jobs.id = unhex(x.value ->> 'id')",
-        )
-        .bind(&leased)
-        .bind(us(request.now))
-        .bind(server)
-        .bind(us(request.lease_until))
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(
-            "INSERT INTO history (job_id, state, at, server, attempt)
-             SELECT unhex(x.value ->> 'id'), 'processing', ?2, ?3, x.value ->> 'attempt'
-             FROM json_each(?1) AS x ORDER BY x.key",
-        )
-        .bind(&leased)
-        .bind(us(request.now))
-        .bind(server)
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(sql::FETCH_JOBS)
+            .bind(&leased)
+            .bind(us(request.now))
+            .bind(server)
+            .bind(us(request.lease_until))
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(sql::FETCH_HISTORY)
+            .bind(&leased)
+            .bind(us(request.now))
+            .bind(server)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(out)
 }
@@ -655,16 +573,12 @@ pub(crate) async fn heartbeat(
 ) -> OpResult<HeartbeatReply> {
     let info = serde_json::to_string(&heartbeat.server)
         .map_err(|e| Error::Corrupt(format!("cannot write server info as JSON: {e}")))?;
-    sqlx::query(
-        "INSERT INTO servers (id, info, last_heartbeat) VALUES (?, ?, ?)
-         ON CONFLICT (id) DO UPDATE SET info = excluded.info,
-             last_heartbeat = excluded.last_heartbeat",
-    )
-    .bind(heartbeat.server.id.as_str())
-    .bind(info)
-    .bind(us(heartbeat.now))
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(sql::SERVER_UPSERT)
+        .bind(heartbeat.server.id.as_str())
+        .bind(info)
+        .bind(us(heartbeat.now))
+        .execute(&mut *conn)
+        .await?;
     let mut reply = HeartbeatReply::default();
     if heartbeat.running.is_empty() {
         return Ok(reply);
@@ -674,17 +588,11 @@ pub(crate) async fn heartbeat(
         .iter()
         .map(|(id, lease)| json!({"id": hex(*id), "lease": lease.as_uuid().simple().to_string()}))
         .collect();
-    let extended: Vec<Vec<u8>> = sqlx::query_scalar(
-        "UPDATE jobs SET lease_until = ?2
-         FROM json_each(?1) AS x
-         WHERE jobs.id = unhex(x.value ->> 'id') AND jobs.state = 'processing'
-           AND jobs.lease_id = unhex(x.value ->> 'lease')
-         RETURNING jobs.id",
-    )
-    .bind(Value::Array(running).to_string())
-    .bind(us(heartbeat.lease_until))
-    .fetch_all(&mut *conn)
-    .await?;
+    let extended: Vec<Vec<u8>> = sqlx::query_scalar(sql::HEARTBEAT_EXTEND)
+        .bind(Value::Array(running).to_string())
+        .bind(us(heartbeat.lease_until))
+        .fetch_all(&mut *conn)
+        .await?;
     let extended: std::collections::HashSet<Vec<u8>> = extended.into_iter().collect();
     let lost: Vec<JobId> = heartbeat
         .running
@@ -705,7 +613,7 @@ pub(crate) async fn heartbeat(
 
 /// [`firelane_core::Storage::remove_server`].
 pub(crate) async fn remove_server(conn: &mut SqliteConnection, server: ServerId) -> OpResult<()> {
-    sqlx::query("DELETE FROM servers WHERE id = ?")
+    sqlx::query(sql::SERVER_DELETE)
         .bind(server.as_str())
         .execute(conn)
         .await?;
@@ -721,15 +629,11 @@ pub(crate) async fn promote_due(
 ) -> OpResult<Promotion> {
     let mut promotion = Promotion::default();
     if limit > 0 {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            head_columns!(),
-            " FROM jobs WHERE state = 'scheduled' AND due_at <= ? ORDER BY due_at, id LIMIT ?"
-        ))
-        .bind(us(now))
-        .bind(limit_i64(limit))
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows = sqlx::query(sql::PROMOTE_DUE)
+            .bind(us(now))
+            .bind(limit_i64(limit))
+            .fetch_all(&mut *conn)
+            .await?;
         let moves = rows
             .iter()
             .map(|row| {
@@ -741,10 +645,9 @@ pub(crate) async fn promote_due(
         apply_many(conn, signals, &moves).await?;
         promotion.promoted = moves.len() as u64;
     }
-    let next: Option<i64> =
-        sqlx::query_scalar("SELECT MIN(due_at) FROM jobs WHERE state = 'scheduled'")
-            .fetch_one(&mut *conn)
-            .await?;
+    let next: Option<i64> = sqlx::query_scalar(sql::NEXT_DUE)
+        .fetch_one(&mut *conn)
+        .await?;
     promotion.next_due = next.map(time).transpose()?;
     Ok(promotion)
 }
@@ -757,22 +660,17 @@ pub(crate) async fn recover(
     dead_after: Duration,
 ) -> OpResult<Recovery> {
     let mut recovery = Recovery::default();
-    let dead: Vec<String> =
-        sqlx::query_scalar("DELETE FROM servers WHERE last_heartbeat < ? RETURNING id")
-            .bind(us(minus(now, dead_after)))
-            .fetch_all(&mut *conn)
-            .await?;
+    let dead: Vec<String> = sqlx::query_scalar(sql::DEAD_SERVERS)
+        .bind(us(minus(now, dead_after)))
+        .fetch_all(&mut *conn)
+        .await?;
     recovery.dead_servers = dead.into_iter().map(ServerId::from_string).collect();
     recovery.dead_servers.sort();
 
-    let rows = sqlx::query(concat!(
-        "SELECT ",
-        head_columns!(),
-        " FROM jobs WHERE state = 'processing' AND lease_until < ? ORDER BY lease_until, id"
-    ))
-    .bind(us(now))
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = sqlx::query(sql::LAPSED)
+        .bind(us(now))
+        .fetch_all(&mut *conn)
+        .await?;
     let mut moves = Vec::with_capacity(rows.len());
     for row in &rows {
         let job = Head::from_row(row)?;
@@ -817,18 +715,12 @@ pub(crate) async fn expire(
         let Some(keep) = retention.for_state(s) else {
             continue;
         };
-        let ids: Vec<Vec<u8>> = sqlx::query_scalar(
-            "DELETE FROM jobs WHERE id IN (
-                 SELECT id FROM jobs
-                 WHERE state = ? AND finished_at IS NOT NULL AND finished_at <= ?
-                 ORDER BY finished_at LIMIT ?)
-             RETURNING id",
-        )
-        .bind(s.as_str())
-        .bind(us(minus(now, keep)))
-        .bind(i64::try_from(remaining).unwrap_or(i64::MAX))
-        .fetch_all(&mut *conn)
-        .await?;
+        let ids: Vec<Vec<u8>> = sqlx::query_scalar(sql::EXPIRE_JOBS)
+            .bind(s.as_str())
+            .bind(us(minus(now, keep)))
+            .bind(i64::try_from(remaining).unwrap_or(i64::MAX))
+            .fetch_all(&mut *conn)
+            .await?;
         if ids.is_empty() {
             continue;
         }
@@ -837,7 +729,7 @@ pub(crate) async fn expire(
             .map(|b| job_id(b))
             .collect::<Result<Vec<_>, Error>>()?;
         removed += ids.len() as u64;
-        sqlx::query("DELETE FROM history WHERE job_id IN (SELECT unhex(value) FROM json_each(?))")
+        sqlx::query(sql::EXPIRE_HISTORY)
             .bind(hex_array(ids))
             .execute(&mut *conn)
             .await?;

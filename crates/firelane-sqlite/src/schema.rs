@@ -66,8 +66,8 @@ CREATE TABLE jobs (
     last_error   TEXT,
     finished_at  INTEGER            -- succeeded, failed and deleted jobs
 );
-CREATE INDEX jobs_scheduled ON jobs (due_at) WHERE state = 'scheduled';
-CREATE INDEX jobs_processing ON jobs (lease_until) WHERE state = 'processing';
+CREATE INDEX jobs_scheduled ON jobs (due_at, id) WHERE state = 'scheduled';
+CREATE INDEX jobs_processing ON jobs (lease_until, id) WHERE state = 'processing';
 CREATE INDEX jobs_finished ON jobs (state, finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX jobs_parent ON jobs (parent_id, state) WHERE parent_id IS NOT NULL;
 CREATE INDEX jobs_state ON jobs (state, id);

@@ -1,0 +1,232 @@
+//! The SQL of the write operations, in one place so that a test can check every query plan.
+//!
+//! Lists of values come as one JSON array bound to one parameter and read with `json_each`;
+//! ids travel in it as hex text, turned back into blobs with `unhex`. The background queries
+//! name their partial index (`INDEXED BY`): without statistics SQLite may prefer the wider
+//! `jobs_state` index, which would make them read every scheduled or processing job.
+
+/// The columns `Head` reads.
+macro_rules! head_columns {
+    () => {
+        "id, name, queue, priority, state, attempt, max_attempts, lease_id, lease_server, lease_until"
+    };
+}
+
+/// A fetch's candidates: the queue rows and what their jobs need.
+macro_rules! fetch_select {
+    ($filter:literal) => {
+        concat!(
+            "SELECT q.seq, q.job_id, j.state, j.name, j.queue, j.priority, j.args, j.attempt,
+                    j.max_attempts, j.retry_delays, j.timeout_ms, j.created_at, j.state_at
+             FROM queue q LEFT JOIN jobs j ON j.id = q.job_id
+             WHERE q.queue = ? ",
+            $filter,
+            " ORDER BY q.priority DESC, q.seq LIMIT ?"
+        )
+    };
+}
+
+/// The heads of jobs by id (a JSON array of hex ids).
+pub(crate) const HEADS: &str = concat!(
+    "SELECT ",
+    head_columns!(),
+    " FROM jobs WHERE id IN (SELECT unhex(value) FROM json_each(?))"
+);
+
+/// Takes jobs out of the queue table (a JSON array of hex ids).
+pub(crate) const QUEUE_DELETE_JOBS: &str =
+    "DELETE FROM queue WHERE job_id IN (SELECT unhex(value) FROM json_each(?))";
+
+/// Moves jobs to new states (a JSON array of moves).
+pub(crate) const MOVE_JOBS: &str =
+    "UPDATE jobs SET state = x.value ->> 'state', attempt = x.value ->> 'attempt',
+             state_at = x.value ->> 'at', due_at = x.value ->> 'due', lease_id = NULL,
+             lease_server = NULL, lease_until = NULL, finished_at = x.value ->> 'fin',
+             reason = x.value ->> 'reason',
+             last_error = COALESCE(x.value ->> 'error', jobs.last_error)
+         FROM json_each(?) AS x
+         WHERE jobs.id = unhex(x.value ->> 'id')";
+
+/// Queue rows for the moves into `enqueued`, in order.
+pub(crate) const MOVE_QUEUE: &str = "INSERT INTO queue (queue, priority, name, job_id)
+             SELECT x.value ->> 'q', x.value ->> 'p', x.value ->> 'n', unhex(x.value ->> 'id')
+             FROM json_each(?) AS x WHERE x.value ->> 'state' = 'enqueued' ORDER BY x.key";
+
+/// History rows for the moves, in order.
+pub(crate) const MOVE_HISTORY: &str =
+    "INSERT INTO history (job_id, state, at, reason, server, attempt, duration_us, error)
+         SELECT unhex(x.value ->> 'id'), x.value ->> 'state', x.value ->> 'at',
+                x.value ->> 'reason', x.value ->> 'server', x.value ->> 'attempt',
+                x.value ->> 'dur', x.value ->> 'error'
+         FROM json_each(?) AS x ORDER BY x.key";
+
+/// The awaiting continuations of jobs (a JSON array of hex ids).
+pub(crate) const CHILDREN: &str = concat!(
+    "SELECT ",
+    head_columns!(),
+    ", parent_id, continue_on FROM jobs INDEXED BY jobs_parent WHERE parent_id IS NOT NULL AND state = 'awaiting' AND parent_id IN (SELECT unhex(value) FROM json_each(?)) ORDER BY id"
+);
+
+/// The states of jobs by id (a JSON array of hex ids).
+pub(crate) const PARENT_STATES: &str =
+    "SELECT id, state FROM jobs WHERE id IN (SELECT unhex(value) FROM json_each(?))";
+
+/// New jobs (a JSON array), created at `?2`.
+pub(crate) const ENQUEUE_JOBS: &str =
+    "INSERT INTO jobs (id, name, queue, priority, args, state, attempt, max_attempts,
+             retry_delays, timeout_ms, created_at, state_at, due_at, parent_id, continue_on,
+             reason, finished_at)
+         SELECT unhex(x.value ->> 'id'), x.value ->> 'name', x.value ->> 'queue',
+                x.value ->> 'priority', x.value ->> 'args', x.value ->> 'state', 0,
+                x.value ->> 'max', x.value ->> 'delays', x.value ->> 'timeout', ?2, ?2,
+                x.value ->> 'due', unhex(x.value ->> 'parent'), x.value ->> 'on',
+                x.value ->> 'reason', x.value ->> 'fin'
+         FROM json_each(?1) AS x ORDER BY x.key";
+
+/// Queue rows for the new enqueued jobs, in order.
+pub(crate) const ENQUEUE_QUEUE: &str = "INSERT INTO queue (queue, priority, name, job_id)
+             SELECT x.value ->> 'queue', x.value ->> 'priority', x.value ->> 'name',
+                    unhex(x.value ->> 'id')
+             FROM json_each(?) AS x WHERE x.value ->> 'state' = 'enqueued' ORDER BY x.key";
+
+/// The first history row of each new job.
+pub(crate) const ENQUEUE_HISTORY: &str = "INSERT INTO history (job_id, state, at, reason, attempt)
+         SELECT unhex(x.value ->> 'id'), x.value ->> 'state', ?2, x.value ->> 'reason', 0
+         FROM json_each(?1) AS x ORDER BY x.key";
+
+/// A fetch's candidates in one queue.
+pub(crate) const FETCH_ANY: &str = fetch_select!("");
+
+/// A fetch's candidates in one queue, among some job names (a JSON array).
+pub(crate) const FETCH_NAMED: &str =
+    fetch_select!("AND q.name IN (SELECT value FROM json_each(?))");
+
+/// Takes fetched rows out of the queue table (a JSON array of seqs).
+pub(crate) const FETCH_DELETE_QUEUE: &str =
+    "DELETE FROM queue WHERE seq IN (SELECT value FROM json_each(?))";
+
+/// Leases fetched jobs (a JSON array of ids, leases and attempts).
+pub(crate) const FETCH_JOBS: &str =
+    "UPDATE jobs SET state = 'processing', attempt = x.value ->> 'attempt', state_at = ?2,
+                 lease_id = unhex(x.value ->> 'lease'), lease_server = ?3, lease_until = ?4,
+                 due_at = NULL, reason = NULL
+             FROM json_each(?1) AS x
+             WHERE jobs.id = unhex(x.value ->> 'id')";
+
+/// History rows for fetched jobs.
+pub(crate) const FETCH_HISTORY: &str = "INSERT INTO history (job_id, state, at, server, attempt)
+             SELECT unhex(x.value ->> 'id'), 'processing', ?2, ?3, x.value ->> 'attempt'
+             FROM json_each(?1) AS x ORDER BY x.key";
+
+/// Records a heartbeat.
+pub(crate) const SERVER_UPSERT: &str =
+    "INSERT INTO servers (id, info, last_heartbeat) VALUES (?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET info = excluded.info,
+             last_heartbeat = excluded.last_heartbeat";
+
+/// Extends the leases still held (a JSON array of ids and leases). `+jobs.state` keeps SQLite
+/// from reading every processing job through `jobs_state` instead of looking each id up.
+pub(crate) const HEARTBEAT_EXTEND: &str = "UPDATE jobs SET lease_until = ?2
+         FROM json_each(?1) AS x
+         WHERE jobs.id = unhex(x.value ->> 'id') AND +jobs.state = 'processing'
+           AND jobs.lease_id = unhex(x.value ->> 'lease')
+         RETURNING jobs.id";
+
+/// Removes a server.
+pub(crate) const SERVER_DELETE: &str = "DELETE FROM servers WHERE id = ?";
+
+/// Scheduled jobs due at `?`, oldest due first.
+pub(crate) const PROMOTE_DUE: &str = concat!(
+    "SELECT ",
+    head_columns!(),
+    " FROM jobs INDEXED BY jobs_scheduled WHERE state = 'scheduled' AND due_at <= ? ORDER BY due_at, id LIMIT ?"
+);
+
+/// When the next scheduled job is due.
+pub(crate) const NEXT_DUE: &str =
+    "SELECT MIN(due_at) FROM jobs INDEXED BY jobs_scheduled WHERE state = 'scheduled'";
+
+/// Removes servers silent since before `?`.
+pub(crate) const DEAD_SERVERS: &str = "DELETE FROM servers WHERE last_heartbeat < ? RETURNING id";
+
+/// Processing jobs whose lease lapsed before `?`.
+pub(crate) const LAPSED: &str = concat!(
+    "SELECT ",
+    head_columns!(),
+    " FROM jobs INDEXED BY jobs_processing WHERE state = 'processing' AND lease_until < ? ORDER BY lease_until, id"
+);
+
+/// Removes finished jobs of a state finished before `?`.
+pub(crate) const EXPIRE_JOBS: &str = "DELETE FROM jobs WHERE id IN (
+                 SELECT id FROM jobs INDEXED BY jobs_finished
+                 WHERE state = ? AND finished_at IS NOT NULL AND finished_at <= ?
+                 ORDER BY finished_at LIMIT ?)
+             RETURNING id";
+
+/// Removes the history of removed jobs (a JSON array of hex ids).
+pub(crate) const EXPIRE_HISTORY: &str =
+    "DELETE FROM history WHERE job_id IN (SELECT unhex(value) FROM json_each(?))";
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{ConnectOptions, Row};
+
+    /// Every statement above, by name.
+    const ALL: &[(&str, &str)] = &[
+        ("HEADS", super::HEADS),
+        ("QUEUE_DELETE_JOBS", super::QUEUE_DELETE_JOBS),
+        ("MOVE_JOBS", super::MOVE_JOBS),
+        ("MOVE_QUEUE", super::MOVE_QUEUE),
+        ("MOVE_HISTORY", super::MOVE_HISTORY),
+        ("CHILDREN", super::CHILDREN),
+        ("PARENT_STATES", super::PARENT_STATES),
+        ("ENQUEUE_JOBS", super::ENQUEUE_JOBS),
+        ("ENQUEUE_QUEUE", super::ENQUEUE_QUEUE),
+        ("ENQUEUE_HISTORY", super::ENQUEUE_HISTORY),
+        ("FETCH_ANY", super::FETCH_ANY),
+        ("FETCH_NAMED", super::FETCH_NAMED),
+        ("FETCH_DELETE_QUEUE", super::FETCH_DELETE_QUEUE),
+        ("FETCH_JOBS", super::FETCH_JOBS),
+        ("FETCH_HISTORY", super::FETCH_HISTORY),
+        ("SERVER_UPSERT", super::SERVER_UPSERT),
+        ("HEARTBEAT_EXTEND", super::HEARTBEAT_EXTEND),
+        ("SERVER_DELETE", super::SERVER_DELETE),
+        ("PROMOTE_DUE", super::PROMOTE_DUE),
+        ("NEXT_DUE", super::NEXT_DUE),
+        ("DEAD_SERVERS", super::DEAD_SERVERS),
+        ("LAPSED", super::LAPSED),
+        ("EXPIRE_JOBS", super::EXPIRE_JOBS),
+        ("EXPIRE_HISTORY", super::EXPIRE_HISTORY),
+    ];
+
+    /// No statement reads a whole job table: each finds its rows through an index (only the
+    /// JSON arrays given to it are scanned), so none slows down as finished jobs pile up.
+    #[tokio::test]
+    async fn no_statement_scans_a_table() -> Result<(), Box<dyn std::error::Error>> {
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .in_memory(true)
+            .connect()
+            .await?;
+        crate::schema::migrate(&mut conn)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        for (name, sql) in ALL {
+            let plan = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .fetch_all(&mut conn)
+                .await?;
+            let lines = plan
+                .iter()
+                .map(|row| row.try_get::<String, _>("detail"))
+                .collect::<Result<Vec<_>, _>>()?;
+            for line in &lines {
+                // `servers` has one row per live server: reading it all is fine.
+                let allowed = line.contains("VIRTUAL TABLE") || line == "SCAN servers";
+                assert!(
+                    !line.starts_with("SCAN") || allowed,
+                    "{name} scans a table: {lines:#?}"
+                );
+            }
+        }
+        Ok(())
+    }
+}
