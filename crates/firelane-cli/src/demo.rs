@@ -390,7 +390,7 @@ async fn live(client: &Client, url: &str) -> CliResult {
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
         ticks += 1;
-        if ticks % 20 == 0 {
+        if ticks.is_multiple_of(20) {
             // Every five seconds, a new wave of work.
             seed(client).await?;
         }

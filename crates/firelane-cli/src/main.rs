@@ -1,6 +1,7 @@
 //! `firelane`: run the demo, look at jobs and act on them, from the command line.
 
 mod admin;
+mod bench;
 mod demo;
 mod output;
 mod store;
@@ -43,6 +44,8 @@ enum Command {
     Jobs(admin::JobsCommand),
     /// Enqueue a job by name with JSON arguments.
     Enqueue(admin::EnqueueArgs),
+    /// Measure a store: enqueue and drain throughput, pickup latency; prints one JSON line.
+    Bench(bench::BenchArgs),
 }
 
 /// An error for the person at the terminal: what went wrong and what to do.
@@ -105,6 +108,7 @@ async fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Stats => admin::stats(&cli.store, &out).await,
         Command::Jobs(cmd) => admin::jobs(&cli.store, cmd, &out).await,
         Command::Enqueue(args) => admin::enqueue(&cli.store, args, &out).await,
+        Command::Bench(args) => bench::run(&cli.store, args).await,
     }
 }
 
