@@ -45,6 +45,7 @@
 //! | feature  | default | what it adds |
 //! |----------|---------|--------------|
 //! | `sqlite` | yes     | the embedded SQLite store, [`sqlite`] |
+//! | `macros` | yes     | the [`job`] attribute: `#[firelane::job] async fn ..` |
 //!
 //! # How a job's life goes
 //!
@@ -55,10 +56,12 @@
 //! harmless.
 
 mod client;
+mod extract;
 mod job;
 mod server;
 
 pub use client::{Batch, Client, DEFAULT_MAX_PAYLOAD};
+pub use extract::{FromContext, IntoJobResult, JobArgument, State};
 pub use job::{
     CancelReason, Cancellation, Job, JobContext, JobError, JobOptions, JobRequest, StateType,
 };
@@ -93,10 +96,104 @@ pub async fn sqlite(url: &str) -> Result<SqliteStorage> {
     SqliteStorage::connect(url).await
 }
 
+/// Turns an `async fn` into a job: a unit struct of the function's name to
+/// [`register`](ServerBuilder::register), `name::args(..)` to build a typed request, and a
+/// [`Job`] impl whose arguments are stored as a JSON object of the function's parameters.
+///
+/// ```
+/// use std::time::Duration;
+/// use firelane::prelude::*;
+///
+/// #[derive(Clone)]
+/// struct Mailer {
+///     from: &'static str,
+/// }
+///
+/// /// Welcomes a new user.
+/// #[firelane::job(queue = "emails", retries = ["1s", "30s", "5m"], timeout = "2m")]
+/// async fn send_welcome_email(
+///     user_id: i64,                 // stored with the job
+///     name: String,                 // stored with the job
+///     State(mailer): State<Mailer>, // given to the server with `.state(..)`
+///     ctx: JobContext,              // this run: id, attempt, cancellation
+/// ) -> Result<(), JobError> {
+///     println!("{}: welcome, {name} (user {user_id}, attempt {})", mailer.from, ctx.attempt());
+///     Ok(())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), firelane::Error> {
+/// let storage = firelane::sqlite(":memory:").await?;
+/// let server = Server::builder(storage.clone())
+///     .register(send_welcome_email)
+///     .state(Mailer { from: "hello@example.com" })
+///     .queues(["emails"])
+///     .start()
+///     .await?;
+///
+/// let client = Client::new(storage);
+/// let id = client.enqueue(send_welcome_email::args(42, "Ada".into())).await?;
+///
+/// let job = client.job(id).await?.job;
+/// assert_eq!(job.name, "send_welcome_email");
+/// assert_eq!(job.queue, "emails");
+/// assert_eq!(job.args, r#"{"user_id":42,"name":"Ada"}"#);
+/// # let mut state = job.state;
+/// # while state != JobState::Succeeded {
+/// #     tokio::time::sleep(Duration::from_millis(5)).await;
+/// #     state = client.job(id).await?.job.state;
+/// # }
+/// server.shutdown().await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Parameters
+///
+/// A parameter whose type is [`State<T>`], [`JobContext`] or [`Cancellation`] (recognised by
+/// the last segment of its path), or that is marked `#[inject]` (a type of yours implementing
+/// [`FromContext`]), is **injected** when the job runs; it may be a pattern
+/// (`State(mailer): State<Mailer>`).
+///
+/// Every other parameter is **stored**: it needs a plain name, which becomes the field's name
+/// in the stored JSON, and an owned type that serde can write and read back ([`JobArgument`]).
+/// A value that should not be stored (a connection, a client) is better passed as an id and
+/// loaded inside the job, or given to the server as state. `#[serde(..)]` on a stored
+/// parameter applies to its field: `#[serde(default)] locale: String` lets jobs enqueued before
+/// the parameter existed still run.
+///
+/// The function returns `()` or `Result<(), E>` where `E` converts into a [`JobError`]
+/// ([`IntoJobResult`]); `JobError`'s variants say whether to retry, snooze, fail or cancel.
+///
+/// # Options
+///
+/// | option | form | default |
+/// | --- | --- | --- |
+/// | `name` | `name = "welcome_email"`: the name stored with each job; keep it when the function is renamed or moved | the function's name |
+/// | `queue` | `queue = "emails"`: 1 to 64 lowercase letters, digits, `_` and `-` | `"default"` |
+/// | `priority` | `priority = 10`: an `i32`, higher runs sooner | 0 |
+/// | `retries` | `retries = 5` (with the default back-off), or `retries = ["1s", "30s", "5m"]` (one delay per retry) | 10, with Hangfire's back-off |
+/// | `timeout` | `timeout = "30s"`: a whole number with a unit `ms`, `s`, `m`, `h` or `d`, or an integer of seconds | none |
+///
+/// Options are checked when the code compiles. Each request can still override them:
+/// `send_welcome_email::args(42, "Ada".into()).queue("urgent")`.
+#[cfg(feature = "macros")]
+pub use firelane_macros::job;
+
+/// What the `#[job]` attribute's expansion names; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::extract::{deserialize_argument, serialize_argument};
+    pub use serde;
+}
+
 /// The names most programs need: `use firelane::prelude::*;`.
 pub mod prelude {
+    #[cfg(feature = "macros")]
+    pub use crate::job;
     pub use crate::{
-        Client, ContinueOn, Job, JobContext, JobError, JobId, JobOptions, JobState, Server,
+        Cancellation, Client, ContinueOn, Job, JobContext, JobError, JobId, JobOptions, JobState,
+        Server, State,
     };
 }
 
