@@ -89,7 +89,32 @@ const SIGNAL_CAPACITY: usize = 1024;
 /// A Firelane store in a SQLite database.
 ///
 /// Cheap to clone: clones share the connections, the writer task and the signal channel. The
-/// writer task stops when the last clone is dropped.
+/// writer task stops when the last clone is dropped. It must be opened inside a tokio runtime,
+/// which runs its writer task.
+///
+/// ```
+/// use firelane_core::{JobState, NewJob, Storage, chrono::Utc};
+/// use firelane_sqlite::{SqliteConfig, SqliteStorage};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), firelane_core::Error> {
+/// // A file: `SqliteStorage::connect("sqlite://firelane.db")`. Here, a private database in
+/// // memory, as tests use.
+/// let storage = SqliteStorage::connect_with(SqliteConfig::memory()).await?;
+/// let mut wakeups = storage.subscribe();
+///
+/// let job = NewJob::new("send_email", r#"{"user":42}"#);
+/// let id = job.id;
+/// let created = storage.enqueue(vec![job], Utc::now()).await?;
+/// assert_eq!(created[0].state, JobState::Enqueued);
+/// assert!(wakeups.try_recv().is_ok(), "servers are woken after the commit");
+///
+/// let details = storage.job(id).await?.expect("the job exists");
+/// assert_eq!(details.job.name, "send_email");
+/// assert_eq!(details.history.len(), 1);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct SqliteStorage {
     inner: Arc<Inner>,

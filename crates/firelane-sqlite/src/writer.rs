@@ -218,32 +218,25 @@ async fn run(
         // Each batch runs in a task of its own, so that a panic in one (a bug) fails only its
         // callers (their answers are dropped: they get `Error::Shutdown`) and the writer goes
         // on with the next batch.
-        let batch_pool = pool.clone();
-        let sent = match tokio::spawn(async move { run_batch(&batch_pool, ops).await }).await {
-            Ok(sent) => sent,
-            Err(e) => {
-                tracing::error!(error = %e, ops = size, "sqlite write batch panicked");
-                Vec::new()
-            }
-        };
-        tracing::trace!(ops = size, signals = sent.len(), "sqlite batch done");
-        for signal in sent {
-            // No receiver is not an error: servers may not be listening.
-            let _ = signals.send(signal);
+        let (batch_pool, batch_signals) = (pool.clone(), signals.clone());
+        let batch = tokio::spawn(async move { run_batch(&batch_pool, ops, &batch_signals).await });
+        if let Err(e) = batch.await {
+            tracing::error!(error = %e, ops = size, "sqlite write batch panicked");
         }
     }
     tracing::debug!("sqlite writer stopped: every handle was dropped");
 }
 
-/// Runs one batch and answers its callers; returns the signals to send.
-async fn run_batch(pool: &SqlitePool, ops: Vec<Box<dyn Op>>) -> Vec<Signal> {
+/// Runs one batch and answers its callers. After a commit, the signals go out before the
+/// answers, so that a caller that saw its write succeed knows the wake-ups are sent.
+async fn run_batch(pool: &SqlitePool, ops: Vec<Box<dyn Op>>, sender: &broadcast::Sender<Signal>) {
     let mut conn = match pool.acquire().await {
         Ok(conn) => conn,
         Err(e) => {
             let error = BatchError::new("acquiring the writer connection", e);
             tracing::warn!(%error, "sqlite batch failed");
             ops.into_iter().for_each(|op| op.fail(&error));
-            return Vec::new();
+            return;
         }
     };
     let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
@@ -252,7 +245,7 @@ async fn run_batch(pool: &SqlitePool, ops: Vec<Box<dyn Op>>) -> Vec<Signal> {
             let error = BatchError::new("BEGIN IMMEDIATE", e);
             tracing::warn!(%error, "sqlite batch failed");
             ops.into_iter().for_each(|op| op.fail(&error));
-            return Vec::new();
+            return;
         }
     };
 
@@ -296,7 +289,7 @@ async fn run_batch(pool: &SqlitePool, ops: Vec<Box<dyn Op>>) -> Vec<Signal> {
                 conn.close_on_drop();
             }
             done.into_iter().for_each(|d| d.finish(None));
-            return Vec::new();
+            return;
         }
         if let Err(e) = sqlx::query("ROLLBACK TO firelane_op")
             .execute(&mut *tx)
@@ -315,13 +308,22 @@ async fn run_batch(pool: &SqlitePool, ops: Vec<Box<dyn Op>>) -> Vec<Signal> {
             conn.close_on_drop();
         }
         done.into_iter().for_each(|d| d.finish(Some(&error)));
-        return Vec::new();
+        return;
     }
 
     match tx.commit().await {
         Ok(()) => {
+            let signals = dedup(signals);
+            tracing::trace!(
+                ops = done.len(),
+                signals = signals.len(),
+                "sqlite batch committed"
+            );
+            for signal in signals {
+                // No receiver is not an error: servers may not be listening.
+                let _ = sender.send(signal);
+            }
             done.into_iter().for_each(|d| d.finish(None));
-            dedup(signals)
         }
         Err(e) => {
             let error = BatchError::new("COMMIT", e);
@@ -330,7 +332,6 @@ async fn run_batch(pool: &SqlitePool, ops: Vec<Box<dyn Op>>) -> Vec<Signal> {
             // transaction is active" is the usual, harmless answer).
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
             done.into_iter().for_each(|d| d.finish(Some(&error)));
-            Vec::new()
         }
     }
 }
