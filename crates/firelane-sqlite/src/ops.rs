@@ -530,7 +530,12 @@ pub(crate) async fn complete(
         let holds_lease = jobs
             .get(&c.id)
             .is_some_and(|j| j.state == JobState::Processing && j.lease == Some(c.lease));
-        let Some(job) = jobs.remove(&c.id).filter(|_| holds_lease) else {
+        let job = if holds_lease {
+            jobs.remove(&c.id)
+        } else {
+            None
+        };
+        let Some(job) = job else {
             out.push(CompletionStatus::Stale);
             continue;
         };

@@ -421,3 +421,71 @@ async fn heartbeats_recovery_and_revocation() {
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].id, all[1].id);
 }
+
+#[tokio::test]
+async fn completions_in_one_call_are_taken_in_order() {
+    let s = SqliteStorage::connect(":memory:").await.unwrap();
+    let server = ServerId::from_string("srv".into());
+    s.enqueue(vec![new_job("a", "default")], t(0))
+        .await
+        .unwrap();
+    let f = fetch(&s, &server, &["default"], t(1)).await;
+    let mut wrong = done(&f[0], &server, Outcome::Succeeded, t(2));
+    wrong.lease = firelane_core::LeaseId::new();
+    let right = done(&f[0], &server, Outcome::Succeeded, t(2));
+    let again = done(&f[0], &server, Outcome::Failed { error: "x".into() }, t(3));
+    let r = s.complete(vec![wrong, right, again]).await.unwrap();
+    assert_eq!(
+        r,
+        [
+            CompletionStatus::Stale,
+            CompletionStatus::Applied(JobState::Succeeded),
+            CompletionStatus::Stale
+        ]
+    );
+    let details = s.job(f[0].id).await.unwrap().unwrap();
+    assert_eq!(details.job.state, JobState::Succeeded);
+    assert_eq!(details.history.len(), 3);
+}
+
+#[tokio::test]
+async fn a_delete_sees_what_deleting_an_earlier_job_did() {
+    let s = SqliteStorage::connect(":memory:").await.unwrap();
+    let parent = new_job("parent", "default");
+    let mut child = new_job("child", "default");
+    child.initial = Initial::Awaiting {
+        parent: parent.id,
+        on: ContinueOn::Deleted,
+    };
+    let (pid, cid) = (parent.id, child.id);
+    s.enqueue(vec![parent, child], t(0)).await.unwrap();
+    let r = s.delete(&[pid, cid, pid], "clean up", t(1)).await.unwrap();
+    assert_eq!(
+        r,
+        [
+            Change::Changed {
+                from: JobState::Enqueued
+            },
+            Change::Changed {
+                from: JobState::Enqueued
+            },
+            Change::Refused {
+                state: JobState::Deleted
+            },
+        ]
+    );
+    let trail: Vec<JobState> = s
+        .job(cid)
+        .await
+        .unwrap()
+        .unwrap()
+        .history
+        .iter()
+        .map(|h| h.state)
+        .collect();
+    assert_eq!(
+        trail,
+        [JobState::Awaiting, JobState::Enqueued, JobState::Deleted]
+    );
+    assert_eq!(queue_rows(&s).await, 0);
+}
