@@ -276,3 +276,32 @@ async fn a_failing_operation_alone_in_its_batch_is_rolled_back() {
     storage.enqueue(vec![job("default")], now).await.unwrap();
     assert_eq!(storage.stats().await.unwrap().count(JobState::Enqueued), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stores_opening_one_new_file_at_once_create_the_schema_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("new.db").display());
+    let opening: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { SqliteStorage::connect(&url).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for o in opening {
+        stores.push(o.await.unwrap().unwrap());
+    }
+    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM firelane_schema")
+        .fetch_one(stores[0].pool())
+        .await
+        .unwrap();
+    assert_eq!(applied, 1);
+    stores[1]
+        .enqueue(vec![job("default")], Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        stores[3].stats().await.unwrap().count(JobState::Enqueued),
+        1
+    );
+}
