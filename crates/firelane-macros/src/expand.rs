@@ -176,6 +176,8 @@ impl JobFn {
         } = self;
         let args_ident = format_ident!("__{}_Args", ident.unraw(), span = ident.span());
         let body_ident = Ident::new("__firelane_job_body", Span::mixed_site());
+        // At the function's name, so that "this function takes 2 arguments" points there.
+        let args_fn = Ident::new("args", ident.span());
         let name = options
             .name
             .clone()
@@ -231,8 +233,12 @@ impl JobFn {
             ReturnType::Default => ident.span(),
             ReturnType::Type(_, ty) => ty.span(),
         };
+        // The result gets the return type's span, so that a result or error type that is not
+        // allowed is reported there.
+        let result = Ident::new("__firelane_result", result_span);
         let call_body = quote_spanned! {result_span=>
-            ::firelane::IntoJobResult::into_job_result(Self::#body_ident(#(#locals),*).await)
+            let #result = Self::#body_ident(#(#locals),*).await;
+            ::firelane::IntoJobResult::into_job_result(#result)
         };
         let args_doc = format!(
             "A request to run `{}` with these arguments, to hand to a `firelane::Client`.",
@@ -273,7 +279,7 @@ impl JobFn {
                 #[doc = #args_doc]
                 #[allow(clippy::too_many_arguments, unreachable_pub)]
                 #[must_use]
-                #vis fn args(#(#arg_decls),*) -> ::firelane::JobRequest<Self> {
+                #vis fn #args_fn(#(#arg_decls),*) -> ::firelane::JobRequest<Self> {
                     <Self as ::firelane::Job>::with_args(#args_ident { #(#fields),* })
                 }
 
@@ -319,9 +325,16 @@ fn argument_checks(ty: &Type, serde_attrs: &[Attribute]) -> TokenStream {
     if mentions("with") || mentions("serialize_with") || mentions("deserialize_with") {
         return TokenStream::new();
     }
+    // Both directions raise the one obligation `Type: StoredArgument` at the argument's type,
+    // so a type that cannot be stored gets one error per missing trait, with that trait's
+    // message rather than serde's.
     let span = ty.span();
-    let serialize = LitStr::new("::firelane::__private::serialize_argument", span);
-    let deserialize = LitStr::new("::firelane::__private::deserialize_argument", span);
+    let argument = format!(
+        "<{} as ::firelane::__private::StoredArgument>",
+        ty.to_token_stream()
+    );
+    let serialize = LitStr::new(&format!("{argument}::serialize"), span);
+    let deserialize = LitStr::new(&format!("{argument}::deserialize"), span);
     // With `deserialize_with`, serde no longer treats a missing `Option` field as `None`; say
     // it explicitly, as it would have.
     let default = (last_segment(ty).is_some_and(|s| s == "Option") && !mentions("default"))
@@ -553,7 +566,7 @@ mod tests {
                 async fn f(#[serde(with = "my_codec")] at: Stamp) {}
             ),
         );
-        assert!(!out.contains("serialize_argument"), "{out}");
+        assert!(!out.contains("StoredArgument"), "{out}");
         assert!(out.contains("with = \"my_codec\""), "{out}");
     }
 

@@ -1,6 +1,7 @@
 //! What a `#[job]` function's parameters and result go through: [`State`] and the other
 //! values taken from the running job ([`FromContext`]), the check that a stored argument can
-//! be stored ([`JobArgument`]), and the conversion of the result ([`IntoJobResult`]).
+//! be stored ([`JobArgument`]), and the conversion of the result ([`IntoJobResult`],
+//! [`IntoJobError`]).
 
 use std::ops::{Deref, DerefMut};
 
@@ -135,44 +136,91 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> JobArgument for T {}
 
 /// What a `#[job]` function may return: `()`, or `Result<(), E>` where `E` converts into a
 /// [`JobError`] (`JobError` itself, or any error type, which then retries).
+///
+/// The error type is checked where the result is converted ([`IntoJobResult::into_job_result`]),
+/// so that a function returning, say, `Result<(), String>` is told about `String`.
 #[diagnostic::on_unimplemented(
     message = "a job cannot return `{Self}`",
     label = "a job returns `()` or `Result<(), E>`",
     note = "return `Result<(), JobError>`, or `Result<(), E>` where `E` implements `std::error::Error + Send + Sync + 'static`, or `()`"
 )]
-pub trait IntoJobResult {
+pub trait IntoJobResult: Sized {
+    /// The error of a failed attempt, before it becomes a [`JobError`].
+    type Error;
+
+    /// The result, with its own error type.
+    fn into_result(self) -> Result<(), Self::Error>;
+
     /// The attempt's outcome.
-    fn into_job_result(self) -> Result<(), JobError>;
+    fn into_job_result(self) -> Result<(), JobError>
+    where
+        Self::Error: IntoJobError,
+    {
+        self.into_result().map_err(IntoJobError::into_job_error)
+    }
 }
 
 impl IntoJobResult for () {
-    fn into_job_result(self) -> Result<(), JobError> {
+    type Error = JobError;
+
+    fn into_result(self) -> Result<(), JobError> {
         Ok(())
     }
 }
 
-impl<E: Into<JobError>> IntoJobResult for Result<(), E> {
-    fn into_job_result(self) -> Result<(), JobError> {
-        self.map_err(Into::into)
+impl<E> IntoJobResult for Result<(), E> {
+    type Error = E;
+
+    fn into_result(self) -> Result<(), E> {
+        self
     }
 }
 
-/// `serialize_with` for stored arguments: requires [`JobArgument`], so that a type that cannot
-/// be stored fails to compile with its message.
-#[doc(hidden)]
-pub fn serialize_argument<T: JobArgument, S: serde::Serializer>(
-    value: &T,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    value.serialize(serializer)
+/// An error type a `#[job]` function may fail with: [`JobError`], or anything that converts
+/// into it (every `std::error::Error + Send + Sync + 'static`, which then retries).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a job's error: it must convert into `JobError`",
+    label = "the job's error type",
+    note = "return `JobError` (`JobError::retry(message)` retries, `JobError::fail(message)` does not), or an error type that implements `std::error::Error + Send + Sync + 'static`"
+)]
+pub trait IntoJobError {
+    /// The [`JobError`] this error becomes.
+    fn into_job_error(self) -> JobError;
 }
 
-/// `deserialize_with` for stored arguments; see [`serialize_argument`].
+impl<E: Into<JobError>> IntoJobError for E {
+    fn into_job_error(self) -> JobError {
+        self.into()
+    }
+}
+
+/// How the `#[job]` expansion stores each argument (`serialize_with`/`deserialize_with`), so that
+/// an argument that cannot be stored fails to compile with [`JobArgument`]'s message, at the
+/// argument's type: both directions raise the one obligation `T: StoredArgument`, so each
+/// missing trait is reported once.
 #[doc(hidden)]
-pub fn deserialize_argument<'de, T: JobArgument, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<T, D::Error> {
-    T::deserialize(deserializer)
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a job argument: it is stored as JSON, and must implement `Serialize` and `Deserialize` and be `Send + 'static`",
+    label = "this argument is stored with the job",
+    note = "derive them with `#[derive(serde::Serialize, serde::Deserialize)]` on `{Self}`",
+    note = "or, for a value that should not be stored (a connection, a client, a handle), store its id and load it inside the job, or take it as `State<T>`"
+)]
+pub trait StoredArgument: Sized {
+    /// Writes the argument.
+    fn serialize<S: serde::Serializer>(value: &Self, serializer: S) -> Result<S::Ok, S::Error>;
+
+    /// Reads the argument back.
+    fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error>;
+}
+
+impl<T: JobArgument> StoredArgument for T {
+    fn serialize<S: serde::Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+        Serialize::serialize(value, serializer)
+    }
+
+    fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<T, D::Error> {
+        T::deserialize(deserializer)
+    }
 }
 
 #[cfg(test)]

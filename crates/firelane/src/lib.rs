@@ -61,7 +61,7 @@ mod job;
 mod server;
 
 pub use client::{Batch, Client, DEFAULT_MAX_PAYLOAD};
-pub use extract::{FromContext, IntoJobResult, JobArgument, State};
+pub use extract::{FromContext, IntoJobError, IntoJobResult, JobArgument, State};
 pub use job::{
     CancelReason, Cancellation, Job, JobContext, JobError, JobOptions, JobRequest, StateType,
 };
@@ -183,7 +183,7 @@ pub use firelane_macros::job;
 /// What the `#[job]` attribute's expansion names; not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::extract::{deserialize_argument, serialize_argument};
+    pub use crate::extract::StoredArgument;
     pub use serde;
 }
 
