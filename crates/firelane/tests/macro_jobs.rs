@@ -1,4 +1,5 @@
 //! Jobs declared with `#[firelane::job]`, run by a real server over an in-memory SQLite store.
+#![cfg(all(feature = "macros", feature = "sqlite"))]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,0 +1,6 @@
+#[firelane::job(queue = "emails", queue = "mail")]
+async fn send_welcome_email(user_id: i64) {
+    let _ = user_id;
+}
+
+fn main() {}
