@@ -84,8 +84,8 @@ mod options;
 
 use proc_macro::TokenStream;
 
-/// Turns an `async fn` into a Firelane job; see the [crate documentation](crate) for what it
-/// writes, and `firelane::job` for runnable examples.
+/// Turns an `async fn` into a Firelane job. The `firelane_macros` crate documentation says what
+/// it writes; `firelane::job` has runnable examples.
 ///
 /// ```text
 /// #[firelane::job(queue = "emails", retries = ["1s", "30s", "5m"], timeout = "2m")]
