@@ -177,7 +177,10 @@ impl SqliteStorage {
         }
         .busy_timeout(config.busy_timeout)
         .synchronous(config.synchronous.to_sqlx())
-        .foreign_keys(false);
+        .foreign_keys(false)
+        // After a burst, a checkpoint truncates the WAL file back to this size (64 MiB)
+        // instead of leaving it as large as the burst made it.
+        .pragma("journal_size_limit", "67108864");
 
         let keeper = match config.target {
             Target::Memory => Some(tokio::sync::Mutex::new(

@@ -37,6 +37,11 @@ async fn a_file_is_created_and_reopened_with_its_data() {
         .await
         .unwrap();
     assert_eq!(mode, "wal");
+    let limit: i64 = sqlx::query_scalar("PRAGMA journal_size_limit")
+        .fetch_one(storage.pool())
+        .await
+        .unwrap();
+    assert_eq!(limit, 64 << 20);
     storage.close().await;
     drop(storage);
 
