@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use firelane::prelude::*;
-use serde::{Deserialize, Serialize};
 
 /// A mail service the application already has; jobs get it as state.
 #[derive(Clone)]
@@ -16,70 +15,39 @@ struct Mailer {
     from: &'static str,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Welcome {
-    user_id: i64,
-}
-
 /// Sends a welcome email. Fire-and-forget.
-struct SendWelcomeEmail;
-
-impl Job for SendWelcomeEmail {
-    const NAME: &'static str = "send_welcome_email";
-    type Args = Welcome;
-
-    fn options() -> JobOptions {
-        JobOptions::new().queue("emails").retries(5)
-    }
-
-    async fn run(&self, ctx: JobContext, args: Welcome) -> Result<(), JobError> {
-        let mailer: Mailer = ctx.state()?;
-        println!(
-            "  [{}] welcome mail from {} to user {}",
-            ctx.id(),
-            mailer.from,
-            args.user_id
-        );
-        Ok(())
-    }
+#[firelane::job(queue = "emails", retries = 5)]
+async fn send_welcome_email(
+    user_id: i64,
+    State(mailer): State<Mailer>,
+    ctx: JobContext,
+) -> Result<(), JobError> {
+    println!(
+        "  [{}] welcome mail from {} to user {user_id}",
+        ctx.id(),
+        mailer.from
+    );
+    Ok(())
 }
 
-/// Records that something happened. Used as a continuation.
-struct Audit;
-
-impl Job for Audit {
-    const NAME: &'static str = "audit";
-    type Args = String;
-
-    async fn run(&self, _ctx: JobContext, what: String) -> Result<(), JobError> {
-        println!("  audit: {what}");
-        Ok(())
-    }
+/// Records that something happened. Used as a continuation and as a delayed job.
+#[firelane::job]
+async fn audit(what: String) -> Result<(), JobError> {
+    println!("  audit: {what}");
+    Ok(())
 }
 
-/// Calls a flaky service: fails twice, then succeeds on the third attempt.
-struct FlakyCall;
-
-impl Job for FlakyCall {
-    const NAME: &'static str = "flaky_call";
-    type Args = ();
-
-    fn options() -> JobOptions {
-        // Short delays so that the example finishes quickly; the default is Hangfire's back-off.
-        JobOptions::new().retry_delays([Duration::from_millis(200), Duration::from_millis(400)])
+/// Calls a flaky service: fails twice, then succeeds on the third attempt. Short retry delays
+/// so that the example finishes quickly; the default is Hangfire's back-off.
+#[firelane::job(retries = ["200ms", "400ms"])]
+async fn flaky_call(ctx: JobContext) -> Result<(), JobError> {
+    if ctx.attempt() < 3 {
+        let error =
+            std::io::Error::other(format!("service unavailable (attempt {})", ctx.attempt()));
+        return Err(error.into());
     }
-
-    async fn run(&self, ctx: JobContext, _: ()) -> Result<(), JobError> {
-        if ctx.attempt() < 3 {
-            return Err(std::io::Error::other(format!(
-                "service unavailable (attempt {})",
-                ctx.attempt()
-            ))
-            .into());
-        }
-        println!("  flaky call went through on attempt {}", ctx.attempt());
-        Ok(())
-    }
+    println!("  flaky call went through on attempt {}", ctx.attempt());
+    Ok(())
 }
 
 #[tokio::main]
@@ -93,9 +61,9 @@ async fn main() -> Result<(), firelane::Error> {
 
     // A server runs jobs in the background; start it once, in your application's start-up.
     let server = Server::builder(storage.clone())
-        .register(SendWelcomeEmail)
-        .register(Audit)
-        .register(FlakyCall)
+        .register(send_welcome_email)
+        .register(audit)
+        .register(flaky_call)
         .state(Mailer {
             from: "hello@example.com",
         })
@@ -106,30 +74,24 @@ async fn main() -> Result<(), firelane::Error> {
 
     // A client enqueues from anywhere: request handlers, scripts, other jobs.
     let client = Client::new(storage);
-    let welcome = client
-        .enqueue(SendWelcomeEmail::with_args(Welcome { user_id: 42 }))
-        .await?;
-    let audit = client
+    let welcome = client.enqueue(send_welcome_email::args(42)).await?;
+    let audited = client
         .continue_with(
             welcome,
-            Audit::with_args("welcome mail sent to user 42".into()),
+            audit::args("welcome mail sent to user 42".into()),
             ContinueOn::Succeeded,
         )
         .await?;
     let later = client
         .schedule(
-            Audit::with_args("one second later".into()),
+            audit::args("one second later".into()),
             Duration::from_secs(1),
         )
         .await?;
-    let flaky = client.enqueue(FlakyCall::with_args(())).await?;
+    let flaky = client.enqueue(flaky_call::args()).await?;
 
-    for id in [welcome, audit, later, flaky] {
-        loop {
-            let job = client.job(id).await?;
-            if job.job.state.is_finished() {
-                break;
-            }
+    for id in [welcome, audited, later, flaky] {
+        while !client.job(id).await?.job.state.is_finished() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
