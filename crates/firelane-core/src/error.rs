@@ -62,6 +62,22 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A cron expression that cannot be parsed, or never fires.
+    #[error("invalid cron expression {expr:?}: {reason}")]
+    InvalidCron {
+        /// The expression.
+        expr: String,
+        /// Which field is wrong, and why.
+        reason: String,
+    },
+    /// A time zone name that is not an IANA time zone.
+    #[error("invalid time zone {tz:?}: {reason}")]
+    InvalidTimeZone {
+        /// The name given.
+        tz: String,
+        /// What to write instead.
+        reason: String,
+    },
     /// A setting is out of range or missing.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -4,6 +4,7 @@
 //! Applications use the `firelane` crate, which re-exports what they need from here. Backend
 //! crates (`firelane-sqlite`, `firelane-postgres`, `firelane-redis`) depend on this crate only.
 
+mod cron;
 mod error;
 mod id;
 mod job;
@@ -11,6 +12,7 @@ mod retry;
 mod state;
 mod storage;
 
+pub use cron::{CronSchedule, parse_time_zone};
 pub use error::{BoxError, Error, Result};
 pub use id::{JobId, LeaseId, ServerId, hostname};
 pub use job::{
