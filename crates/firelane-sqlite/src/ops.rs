@@ -4,8 +4,9 @@
 //!
 //! Operations on many jobs use a constant number of statements, whatever the number of jobs:
 //! the per-job values go to SQLite as one JSON array, which the statements read with
-//! `json_each` (ids as hex text, turned back into blobs with `unhex`). A statement costs far
-//! more than a row, so a fetch of 100 jobs runs four statements, not four hundred.
+//! `json_each` or `jsonb_each` (ids as hex text, turned back into blobs with `unhex`). A
+//! statement costs far more than a row, so a fetch of 100 jobs runs four statements, not four
+//! hundred.
 
 use std::collections::HashMap;
 use std::time::Duration;

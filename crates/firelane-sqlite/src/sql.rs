@@ -1,6 +1,7 @@
 //! The SQL of the write operations, in one place so that a test can check every query plan.
 //!
-//! Lists of values come as one JSON array bound to one parameter and read with `json_each`;
+//! Lists of values come as one JSON array bound to one parameter and read with `json_each`, or
+//! with `jsonb_each` where fields of each element are read (it parses each element once);
 //! ids travel in it as hex text, turned back into blobs with `unhex`. The background queries
 //! name their partial index (`INDEXED BY`): without statistics SQLite may prefer the wider
 //! `jobs_state` index, which would make them read every scheduled or processing job.
@@ -44,13 +45,13 @@ pub(crate) const MOVE_JOBS: &str =
              lease_server = NULL, lease_until = NULL, finished_at = x.value ->> 'fin',
              reason = x.value ->> 'reason',
              last_error = COALESCE(x.value ->> 'error', jobs.last_error)
-         FROM json_each(?) AS x
+         FROM jsonb_each(?) AS x
          WHERE jobs.id = unhex(x.value ->> 'id')";
 
 /// Queue rows for the moves into `enqueued`, in order.
 pub(crate) const MOVE_QUEUE: &str = "INSERT INTO queue (queue, priority, name, job_id)
              SELECT x.value ->> 'q', x.value ->> 'p', x.value ->> 'n', unhex(x.value ->> 'id')
-             FROM json_each(?) AS x WHERE x.value ->> 'state' = 'enqueued' ORDER BY x.key";
+             FROM jsonb_each(?) AS x WHERE x.value ->> 'state' = 'enqueued' ORDER BY x.key";
 
 /// History rows for the moves, in order.
 pub(crate) const MOVE_HISTORY: &str =
@@ -58,7 +59,7 @@ pub(crate) const MOVE_HISTORY: &str =
          SELECT unhex(x.value ->> 'id'), x.value ->> 'state', x.value ->> 'at',
                 x.value ->> 'reason', x.value ->> 'server', x.value ->> 'attempt',
                 x.value ->> 'dur', x.value ->> 'error'
-         FROM json_each(?) AS x ORDER BY x.key";
+         FROM jsonb_each(?) AS x ORDER BY x.key";
 
 /// The awaiting continuations of jobs (a JSON array of hex ids).
 pub(crate) const CHILDREN: &str = concat!(
@@ -81,18 +82,18 @@ pub(crate) const ENQUEUE_JOBS: &str =
                 x.value ->> 'max', x.value ->> 'delays', x.value ->> 'timeout', ?2, ?2,
                 x.value ->> 'due', unhex(x.value ->> 'parent'), x.value ->> 'on',
                 x.value ->> 'reason', x.value ->> 'fin'
-         FROM json_each(?1) AS x ORDER BY x.key";
+         FROM jsonb_each(?1) AS x ORDER BY x.key";
 
 /// Queue rows for the new enqueued jobs, in order.
 pub(crate) const ENQUEUE_QUEUE: &str = "INSERT INTO queue (queue, priority, name, job_id)
              SELECT x.value ->> 'queue', x.value ->> 'priority', x.value ->> 'name',
                     unhex(x.value ->> 'id')
-             FROM json_each(?) AS x WHERE x.value ->> 'state' = 'enqueued' ORDER BY x.key";
+             FROM jsonb_each(?) AS x WHERE x.value ->> 'state' = 'enqueued' ORDER BY x.key";
 
 /// The first history row of each new job.
 pub(crate) const ENQUEUE_HISTORY: &str = "INSERT INTO history (job_id, state, at, reason, attempt)
          SELECT unhex(x.value ->> 'id'), x.value ->> 'state', ?2, x.value ->> 'reason', 0
-         FROM json_each(?1) AS x ORDER BY x.key";
+         FROM jsonb_each(?1) AS x ORDER BY x.key";
 
 /// A fetch's candidates in one queue.
 pub(crate) const FETCH_ANY: &str = fetch_select!("");
@@ -110,13 +111,13 @@ pub(crate) const FETCH_JOBS: &str =
     "UPDATE jobs SET state = 'processing', attempt = x.value ->> 'attempt', state_at = ?2,
                  lease_id = unhex(x.value ->> 'lease'), lease_server = ?3, lease_until = ?4,
                  due_at = NULL, reason = NULL
-             FROM json_each(?1) AS x
+             FROM jsonb_each(?1) AS x
              WHERE jobs.id = unhex(x.value ->> 'id')";
 
 /// History rows for fetched jobs.
 pub(crate) const FETCH_HISTORY: &str = "INSERT INTO history (job_id, state, at, server, attempt)
              SELECT unhex(x.value ->> 'id'), 'processing', ?2, ?3, x.value ->> 'attempt'
-             FROM json_each(?1) AS x ORDER BY x.key";
+             FROM jsonb_each(?1) AS x ORDER BY x.key";
 
 /// Records a heartbeat.
 pub(crate) const SERVER_UPSERT: &str =
@@ -127,7 +128,7 @@ pub(crate) const SERVER_UPSERT: &str =
 /// Extends the leases still held (a JSON array of ids and leases). `+jobs.state` keeps SQLite
 /// from reading every processing job through `jobs_state` instead of looking each id up.
 pub(crate) const HEARTBEAT_EXTEND: &str = "UPDATE jobs SET lease_until = ?2
-         FROM json_each(?1) AS x
+         FROM jsonb_each(?1) AS x
          WHERE jobs.id = unhex(x.value ->> 'id') AND +jobs.state = 'processing'
            AND jobs.lease_id = unhex(x.value ->> 'lease')
          RETURNING jobs.id";

@@ -11,13 +11,17 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use firelane_core::{Error, Result, Signal};
-use sqlx::{Connection, SqliteConnection, SqlitePool};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::codec::OpResult;
@@ -202,6 +206,10 @@ impl Writer {
     }
 }
 
+/// How long the writer keeps the connection while work keeps coming, before it hands it back to
+/// the pool once so that someone waiting on [`crate::SqliteStorage::pool`] gets a turn.
+const HOLD_AT_MOST: Duration = Duration::from_millis(20);
+
 async fn run(
     pool: SqlitePool,
     mut rx: mpsc::Receiver<Box<dyn Op>>,
@@ -209,43 +217,94 @@ async fn run(
     max_batch: usize,
     counters: Arc<Counters>,
 ) {
+    // Taking the connection from the pool costs more than a small batch (the pool returns a
+    // connection through a task of its own), so the writer keeps it while operations keep
+    // coming, and gives it back when the channel is empty or it has held it for a while.
+    let mut held: Option<(PoolConnection<Sqlite>, Instant)> = None;
     let mut batch: Vec<Box<dyn Op>> = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut batch, max_batch).await > 0 {
+    loop {
+        if held
+            .as_ref()
+            .is_some_and(|(_, since)| rx.is_empty() || since.elapsed() >= HOLD_AT_MOST)
+        {
+            held = None;
+        }
+        if rx.recv_many(&mut batch, max_batch).await == 0 {
+            break;
+        }
         let ops = std::mem::take(&mut batch);
         let size = ops.len();
         counters.batches.fetch_add(1, Ordering::Relaxed);
         counters.ops.fetch_add(size as u64, Ordering::Relaxed);
-        // Each batch runs in a task of its own, so that a panic in one (a bug) fails only its
-        // callers (their answers are dropped: they get `Error::Shutdown`) and the writer goes
-        // on with the next batch.
-        let (batch_pool, batch_signals) = (pool.clone(), signals.clone());
-        let batch = tokio::spawn(async move { run_batch(&batch_pool, ops, &batch_signals).await });
-        if let Err(e) = batch.await {
-            tracing::error!(error = %e, ops = size, "sqlite write batch panicked");
+        let conn = match &mut held {
+            Some((conn, _)) => conn,
+            None => match pool.acquire().await {
+                Ok(conn) => &mut held.insert((conn, Instant::now())).0,
+                Err(e) => {
+                    let error = BatchError::new("acquiring the writer connection", e);
+                    tracing::warn!(%error, "sqlite batch failed");
+                    ops.into_iter().for_each(|op| op.fail(&error));
+                    continue;
+                }
+            },
+        };
+        // A panic in a batch (a bug) fails only its callers (their answers are dropped: they
+        // get `Error::Shutdown`); the connection, in an unknown state, is closed, and the
+        // writer goes on with the next batch.
+        match CatchUnwind(Box::pin(run_batch(conn, ops, &signals))).await {
+            Ok(Health::Good) => {}
+            Ok(Health::Broken) => held = None,
+            Err(()) => {
+                tracing::error!(
+                    ops = size,
+                    "sqlite write batch panicked; closing its connection"
+                );
+                if let Some((mut conn, _)) = held.take() {
+                    conn.close_on_drop();
+                }
+            }
         }
     }
     tracing::debug!("sqlite writer stopped: every handle was dropped");
 }
 
+/// Whether the writer connection can be used for the next batch.
+enum Health {
+    Good,
+    /// It failed to roll back and is marked to be closed.
+    Broken,
+}
+
+/// A future that turns a panic while polling its inner future into `Err(())`.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = std::result::Result<F::Output, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(move || inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}
+
 /// Runs one batch and answers its callers. After a commit, the signals go out before the
 /// answers, so that a caller that saw its write succeed knows the wake-ups are sent.
-async fn run_batch(pool: &SqlitePool, ops: Vec<Box<dyn Op>>, sender: &broadcast::Sender<Signal>) {
-    let mut conn = match pool.acquire().await {
-        Ok(conn) => conn,
-        Err(e) => {
-            let error = BatchError::new("acquiring the writer connection", e);
-            tracing::warn!(%error, "sqlite batch failed");
-            ops.into_iter().for_each(|op| op.fail(&error));
-            return;
-        }
-    };
+async fn run_batch(
+    conn: &mut PoolConnection<Sqlite>,
+    ops: Vec<Box<dyn Op>>,
+    sender: &broadcast::Sender<Signal>,
+) -> Health {
     let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
         Ok(tx) => tx,
         Err(e) => {
             let error = BatchError::new("BEGIN IMMEDIATE", e);
             tracing::warn!(%error, "sqlite batch failed");
             ops.into_iter().for_each(|op| op.fail(&error));
-            return;
+            return Health::Good;
         }
     };
 
@@ -284,12 +343,16 @@ async fn run_batch(pool: &SqlitePool, ops: Vec<Box<dyn Op>>, sender: &broadcast:
     if broken.is_none() && !last_ok {
         if single {
             // The operation's own error goes to its caller; nothing else is in the batch.
-            if let Err(e) = tx.rollback().await {
-                tracing::warn!(error = %e, "rollback of a failed operation failed; closing the connection");
-                conn.close_on_drop();
-            }
+            let health = match tx.rollback().await {
+                Ok(()) => Health::Good,
+                Err(e) => {
+                    tracing::warn!(error = %e, "rollback of a failed operation failed; closing the connection");
+                    conn.close_on_drop();
+                    Health::Broken
+                }
+            };
             done.into_iter().for_each(|d| d.finish(None));
-            return;
+            return health;
         }
         if let Err(e) = sqlx::query("ROLLBACK TO firelane_op")
             .execute(&mut *tx)
@@ -303,12 +366,16 @@ async fn run_batch(pool: &SqlitePool, ops: Vec<Box<dyn Op>>, sender: &broadcast:
         // The transaction is in an unknown state: roll it all back and fail everyone.
         tracing::warn!(%error, "sqlite batch failed");
         ops.for_each(|op| op.fail(&error));
-        if let Err(e) = tx.rollback().await {
-            tracing::warn!(error = %e, "rollback of a failed batch failed; closing the connection");
-            conn.close_on_drop();
-        }
+        let health = match tx.rollback().await {
+            Ok(()) => Health::Good,
+            Err(e) => {
+                tracing::warn!(error = %e, "rollback of a failed batch failed; closing the connection");
+                conn.close_on_drop();
+                Health::Broken
+            }
+        };
         done.into_iter().for_each(|d| d.finish(Some(&error)));
-        return;
+        return health;
     }
 
     match tx.commit().await {
@@ -324,14 +391,16 @@ async fn run_batch(pool: &SqlitePool, ops: Vec<Box<dyn Op>>, sender: &broadcast:
                 let _ = sender.send(signal);
             }
             done.into_iter().for_each(|d| d.finish(None));
+            Health::Good
         }
         Err(e) => {
             let error = BatchError::new("COMMIT", e);
             tracing::warn!(%error, "sqlite batch failed");
             // The failed commit may leave the transaction open; make sure it is gone ("no
             // transaction is active" is the usual, harmless answer).
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            let _ = sqlx::query("ROLLBACK").execute(&mut **conn).await;
             done.into_iter().for_each(|d| d.finish(Some(&error)));
+            Health::Good
         }
     }
 }
