@@ -305,3 +305,38 @@ async fn stores_opening_one_new_file_at_once_create_the_schema_once() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_pool_gets_free_turns_under_constant_writes() {
+    let storage = SqliteStorage::connect(":memory:").await.unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..20)
+        .map(|_| {
+            let (s, stop) = (storage.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    s.enqueue(vec![job("default")], Utc::now()).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let mut conn = storage.pool().acquire().await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert!(n > 0);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+}
