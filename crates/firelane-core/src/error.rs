@@ -78,6 +78,14 @@ pub enum Error {
         /// What to write instead.
         reason: String,
     },
+    /// A recurring job id that breaks the rules.
+    #[error(
+        "invalid recurring job id {0:?}: use 1 to 200 printable characters without surrounding spaces"
+    )]
+    InvalidRecurringId(String),
+    /// No recurring job has this id.
+    #[error("no recurring job with id {0:?}")]
+    RecurringNotFound(String),
     /// A setting is out of range or missing.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -8,6 +8,7 @@ mod cron;
 mod error;
 mod id;
 mod job;
+mod recurring;
 mod retry;
 mod state;
 mod storage;
@@ -18,6 +19,10 @@ pub use id::{JobId, LeaseId, ServerId, hostname};
 pub use job::{
     DEFAULT_QUEUE, Enqueued, FetchedJob, HistoryEntry, Initial, JobDetails, JobRecord,
     MAX_QUEUE_NAME, NewJob, validate_queue,
+};
+pub use recurring::{
+    Firing, JobTemplate, MAX_RECURRING_ID, Misfire, RecurringDef, RecurringRecord, plan_firing,
+    validate_recurring_id,
 };
 pub use retry::{RetryPolicy, hangfire_delay};
 pub use state::{ContinuationDecision, ContinueOn, JobState};

@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::{
-    Enqueued, FetchedJob, JobDetails, JobId, JobRecord, JobState, LeaseId, NewJob, Result, ServerId,
+    Enqueued, FetchedJob, Firing, JobDetails, JobId, JobRecord, JobState, LeaseId, NewJob,
+    RecurringDef, RecurringRecord, Result, ServerId,
 };
 
 /// A fetch: up to `limit` enqueued jobs from `queues`, leased to `server`.
@@ -452,6 +453,9 @@ pub enum Signal {
         /// When it is due.
         at: DateTime<Utc>,
     },
+    /// A recurring job was added, changed, resumed or removed: its next run may be earlier
+    /// than the recurring scheduler planned for.
+    RecurringChanged,
     /// A processing job lost its lease to a person (deleted or requeued): its server should
     /// cancel it.
     Revoked {
@@ -525,6 +529,47 @@ pub trait Storage: Send + Sync + Debug + 'static {
 
     /// Servers that are heartbeating.
     async fn servers(&self) -> Result<Vec<ServerRecord>>;
+
+    /// Adds a recurring job, or updates its definition. An update keeps `paused`, `last_run`
+    /// and `last_job`, clears `last_error`, and keeps `next_run` when the schedule (cron
+    /// expression and time zone) is unchanged and the job was not disabled; otherwise it takes
+    /// `next_run`. So a deploy that declares the same schedule again misses no occurrence.
+    async fn upsert_recurring(
+        &self,
+        def: RecurringDef,
+        next_run: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// Removes a recurring job; the jobs it created stay. Returns whether it existed.
+    async fn remove_recurring(&self, id: &str) -> Result<bool>;
+
+    /// A recurring job.
+    async fn recurring(&self, id: &str) -> Result<Option<RecurringRecord>>;
+
+    /// Every recurring job, by id.
+    async fn list_recurring(&self) -> Result<Vec<RecurringRecord>>;
+
+    /// Pauses a recurring job (`next_run` is kept for display but not fired), or resumes it to
+    /// wait for `next_run` (occurrences while paused are not fired). Returns whether it existed.
+    async fn set_recurring_paused(
+        &self,
+        id: &str,
+        paused: bool,
+        next_run: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+
+    /// Applies a firing, all or nothing, only if the recurring job is not paused and still waits
+    /// for `firing.expected_next_run`: creates `firing.jobs`, records the last of them as
+    /// `last_job` and `firing.now` as `last_run` (when there are jobs), sets `last_error` to
+    /// `firing.error` and `next_run` to `firing.next_run`. Returns whether it applied; two
+    /// servers firing the same occurrence get `true` once.
+    async fn fire_recurring(&self, firing: Firing) -> Result<bool>;
+
+    /// Enqueues one job from a recurring job's template now, without moving its schedule, and
+    /// records it as the last job. Fails with [`crate::Error::RecurringNotFound`].
+    async fn trigger_recurring(&self, id: &str, now: DateTime<Utc>) -> Result<JobId>;
 
     /// Wake-ups from this store. In-process stores deliver them at once; stores shared between
     /// machines deliver them through their engine, and servers also poll as a fallback.
