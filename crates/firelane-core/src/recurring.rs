@@ -24,9 +24,9 @@ pub enum Misfire {
 }
 
 impl Misfire {
-    /// How late an occurrence may fire and still count as on time (not missed): a server that
-    /// was busy or just restarting is not a misfire.
-    pub const GRACE: Duration = Duration::from_secs(60);
+    /// The default for how late an occurrence may fire and still count as on time (not
+    /// missed): a server that was busy or just restarting is not a misfire.
+    pub const DEFAULT_GRACE: Duration = Duration::from_secs(60);
 }
 
 /// The job a recurring job creates: everything of a [`NewJob`] but its id and start.
@@ -196,8 +196,13 @@ pub struct Firing {
 }
 
 /// What a firing server decides for a due recurring job: which jobs to create, and the next
-/// occurrence. Pure: the same record and `now` give the same plan.
-pub fn plan_firing(record: &RecurringRecord, now: DateTime<Utc>) -> Result<Option<Firing>, Error> {
+/// occurrence. An occurrence more than `grace` before `now` counts as missed. Pure: the same
+/// record, `now` and `grace` give the same plan.
+pub fn plan_firing(
+    record: &RecurringRecord,
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> Result<Option<Firing>, Error> {
     let Some(due) = record.next_run else {
         return Ok(None);
     };
@@ -209,7 +214,7 @@ pub fn plan_firing(record: &RecurringRecord, now: DateTime<Utc>) -> Result<Optio
     // years does not plan millions.
     let mut occurrences = vec![due];
     occurrences.extend(schedule.occurrences(due, now, 10_000));
-    let grace = chrono::Duration::from_std(Misfire::GRACE).unwrap_or(chrono::Duration::zero());
+    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     let on_time = |t: &DateTime<Utc>| now - *t <= grace;
     let count = match record.misfire {
         Misfire::FireOnce => 1,
@@ -236,6 +241,8 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
+    const G: Duration = Misfire::DEFAULT_GRACE;
+
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
     }
@@ -255,8 +262,8 @@ mod tests {
     #[test]
     fn fires_once_on_time_and_moves_to_the_next_occurrence() {
         let r = record("0 3 * * *", "UTC", Misfire::FireOnce, utc(2026, 5, 1, 3, 0));
-        assert!(plan_firing(&r, utc(2026, 5, 1, 2, 59)).unwrap().is_none());
-        let f = plan_firing(&r, utc(2026, 5, 1, 3, 0)).unwrap().unwrap();
+        assert!(plan_firing(&r, utc(2026, 5, 1, 2, 59), G).unwrap().is_none());
+        let f = plan_firing(&r, utc(2026, 5, 1, 3, 0), G).unwrap().unwrap();
         assert_eq!(f.jobs.len(), 1);
         assert_eq!(f.expected_next_run, utc(2026, 5, 1, 3, 0));
         assert_eq!(f.next_run, Some(utc(2026, 5, 2, 3, 0)));
@@ -268,18 +275,18 @@ mod tests {
         let now = utc(2026, 5, 4, 12, 0);
         let start = utc(2026, 5, 1, 3, 0);
         let once = record("0 3 * * *", "UTC", Misfire::FireOnce, start);
-        assert_eq!(plan_firing(&once, now).unwrap().unwrap().jobs.len(), 1);
+        assert_eq!(plan_firing(&once, now, G).unwrap().unwrap().jobs.len(), 1);
         let skip = record("0 3 * * *", "UTC", Misfire::Skip, start);
-        let f = plan_firing(&skip, now).unwrap().unwrap();
+        let f = plan_firing(&skip, now, G).unwrap().unwrap();
         assert_eq!(f.jobs.len(), 0);
         assert_eq!(f.next_run, Some(utc(2026, 5, 5, 3, 0)));
         let each = record("0 3 * * *", "UTC", Misfire::FireEach { max: 10 }, start);
-        assert_eq!(plan_firing(&each, now).unwrap().unwrap().jobs.len(), 4);
+        assert_eq!(plan_firing(&each, now, G).unwrap().unwrap().jobs.len(), 4);
         let bounded = record("0 3 * * *", "UTC", Misfire::FireEach { max: 2 }, start);
-        assert_eq!(plan_firing(&bounded, now).unwrap().unwrap().jobs.len(), 2);
+        assert_eq!(plan_firing(&bounded, now, G).unwrap().unwrap().jobs.len(), 2);
         // Within the grace period nothing counts as missed: skip still fires.
         let late = record("0 3 * * *", "UTC", Misfire::Skip, start);
-        let f = plan_firing(&late, start + chrono::Duration::seconds(5))
+        let f = plan_firing(&late, start + chrono::Duration::seconds(5), G)
             .unwrap()
             .unwrap();
         assert_eq!(f.jobs.len(), 1);
@@ -289,7 +296,7 @@ mod tests {
     fn paused_jobs_do_not_fire() {
         let mut r = record("* * * * *", "UTC", Misfire::FireOnce, utc(2026, 5, 1, 3, 0));
         r.paused = true;
-        assert!(plan_firing(&r, utc(2026, 6, 1, 0, 0)).unwrap().is_none());
+        assert!(plan_firing(&r, utc(2026, 6, 1, 0, 0), G).unwrap().is_none());
     }
 
     #[test]
