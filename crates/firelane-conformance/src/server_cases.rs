@@ -926,6 +926,45 @@ impl Storage for FlakyStore {
         self.check("servers")?;
         self.inner.servers().await
     }
+    async fn upsert_recurring(
+        &self,
+        def: firelane::storage::RecurringDef,
+        next_run: Option<chrono::DateTime<Utc>>,
+        now: chrono::DateTime<Utc>,
+    ) -> firelane::Result<()> {
+        self.check("upsert_recurring")?;
+        self.inner.upsert_recurring(def, next_run, now).await
+    }
+    async fn remove_recurring(&self, id: &str) -> firelane::Result<bool> {
+        self.check("remove_recurring")?;
+        self.inner.remove_recurring(id).await
+    }
+    async fn recurring(&self, id: &str) -> firelane::Result<Option<firelane::RecurringRecord>> {
+        self.check("recurring")?;
+        self.inner.recurring(id).await
+    }
+    async fn list_recurring(&self) -> firelane::Result<Vec<firelane::RecurringRecord>> {
+        self.check("list_recurring")?;
+        self.inner.list_recurring().await
+    }
+    async fn set_recurring_paused(
+        &self,
+        id: &str,
+        paused: bool,
+        next_run: Option<chrono::DateTime<Utc>>,
+        now: chrono::DateTime<Utc>,
+    ) -> firelane::Result<bool> {
+        self.check("set_recurring_paused")?;
+        self.inner.set_recurring_paused(id, paused, next_run, now).await
+    }
+    async fn fire_recurring(&self, firing: firelane::storage::Firing) -> firelane::Result<bool> {
+        self.check("fire_recurring")?;
+        self.inner.fire_recurring(firing).await
+    }
+    async fn trigger_recurring(&self, id: &str, now: chrono::DateTime<Utc>) -> firelane::Result<JobId> {
+        self.check("trigger_recurring")?;
+        self.inner.trigger_recurring(id, now).await
+    }
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<firelane::storage::Signal> {
         self.inner.subscribe()
     }

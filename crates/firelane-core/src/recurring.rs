@@ -195,6 +195,26 @@ pub struct Firing {
     pub now: DateTime<Utc>,
 }
 
+impl Firing {
+    /// A firing with no error.
+    pub fn new(
+        id: String,
+        expected_next_run: DateTime<Utc>,
+        next_run: Option<DateTime<Utc>>,
+        jobs: Vec<NewJob>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            expected_next_run,
+            next_run,
+            jobs,
+            error: None,
+            now,
+        }
+    }
+}
+
 /// What a firing server decides for a due recurring job: which jobs to create, and the next
 /// occurrence. An occurrence more than `grace` before `now` counts as missed. Pure: the same
 /// record, `now` and `grace` give the same plan.
@@ -226,14 +246,13 @@ pub fn plan_firing(
         }
     };
     let jobs = (0..count).map(|_| record.job.instantiate()).collect();
-    Ok(Some(Firing {
-        id: record.id.clone(),
-        expected_next_run: due,
-        next_run: schedule.next_after(now),
+    Ok(Some(Firing::new(
+        record.id.clone(),
+        due,
+        schedule.next_after(now),
         jobs,
-        error: None,
         now,
-    }))
+    )))
 }
 
 #[cfg(test)]
@@ -262,7 +281,11 @@ mod tests {
     #[test]
     fn fires_once_on_time_and_moves_to_the_next_occurrence() {
         let r = record("0 3 * * *", "UTC", Misfire::FireOnce, utc(2026, 5, 1, 3, 0));
-        assert!(plan_firing(&r, utc(2026, 5, 1, 2, 59), G).unwrap().is_none());
+        assert!(
+            plan_firing(&r, utc(2026, 5, 1, 2, 59), G)
+                .unwrap()
+                .is_none()
+        );
         let f = plan_firing(&r, utc(2026, 5, 1, 3, 0), G).unwrap().unwrap();
         assert_eq!(f.jobs.len(), 1);
         assert_eq!(f.expected_next_run, utc(2026, 5, 1, 3, 0));
@@ -283,7 +306,10 @@ mod tests {
         let each = record("0 3 * * *", "UTC", Misfire::FireEach { max: 10 }, start);
         assert_eq!(plan_firing(&each, now, G).unwrap().unwrap().jobs.len(), 4);
         let bounded = record("0 3 * * *", "UTC", Misfire::FireEach { max: 2 }, start);
-        assert_eq!(plan_firing(&bounded, now, G).unwrap().unwrap().jobs.len(), 2);
+        assert_eq!(
+            plan_firing(&bounded, now, G).unwrap().unwrap().jobs.len(),
+            2
+        );
         // Within the grace period nothing counts as missed: skip still fires.
         let late = record("0 3 * * *", "UTC", Misfire::Skip, start);
         let f = plan_firing(&late, start + chrono::Duration::seconds(5), G)

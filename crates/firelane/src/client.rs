@@ -7,9 +7,10 @@ use chrono::{DateTime, Utc};
 
 use crate::job::{Job, JobOptions, JobRequest};
 use crate::{
-    Change, ContinueOn, Error, Initial, IntoStorage, JobDetails, JobId, JobQuery, JobRecord,
-    NewJob, Result, ServerRecord, Stats, Storage,
+    Change, ContinueOn, CronSchedule, Error, Initial, IntoStorage, JobDetails, JobId, JobQuery,
+    JobRecord, JobState, Misfire, NewJob, RecurringRecord, Result, ServerRecord, Stats, Storage,
 };
+use firelane_core::{JobTemplate, RecurringDef};
 
 /// The largest job arguments a client accepts by default: 1 MiB of JSON.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
@@ -174,6 +175,100 @@ impl Client {
             .any(|s| s.info.job_names.iter().any(|n| n == name)))
     }
 
+    /// Starts adding or updating a recurring job:
+    /// `client.recurring("nightly").cron("0 3 * * *").tz("Europe/Istanbul").upsert(report::args())`.
+    pub fn recurring(&self, id: impl Into<String>) -> RecurringBuilder<'_> {
+        RecurringBuilder {
+            client: self,
+            id: id.into(),
+            cron: None,
+            tz: "UTC".to_owned(),
+            misfire: Misfire::default(),
+        }
+    }
+
+    /// Adds or updates a recurring job. Its next run is the first occurrence after now, unless
+    /// its schedule is unchanged (then the next run it waited for stays).
+    pub async fn upsert_recurring(&self, recurring: Recurring) -> Result<()> {
+        let def = recurring.into_def(self.max_payload)?;
+        let now = Utc::now();
+        let next = def.schedule.next_after(now);
+        self.storage.upsert_recurring(def, next, now).await
+    }
+
+    /// Removes a recurring job; the jobs it already created stay.
+    pub async fn remove_recurring(&self, id: &str) -> Result<()> {
+        if self.storage.remove_recurring(id).await? {
+            Ok(())
+        } else {
+            Err(Error::RecurringNotFound(id.to_owned()))
+        }
+    }
+
+    /// Enqueues one run of a recurring job now, without moving its schedule.
+    pub async fn trigger(&self, id: &str) -> Result<JobId> {
+        self.storage.trigger_recurring(id, Utc::now()).await
+    }
+
+    /// Pauses a recurring job: it creates no job until resumed.
+    pub async fn pause_recurring(&self, id: &str) -> Result<()> {
+        let record = self.recurring_record(id).await?;
+        self.set_paused(id, true, record.next_run).await
+    }
+
+    /// Resumes a paused (or disabled) recurring job from its next occurrence; occurrences while
+    /// it was paused are not fired.
+    pub async fn resume_recurring(&self, id: &str) -> Result<()> {
+        let record = self.recurring_record(id).await?;
+        let next = record.schedule()?.next_after(Utc::now());
+        self.set_paused(id, false, next).await
+    }
+
+    /// A recurring job, with the state of the last job it created.
+    pub async fn recurring_job(&self, id: &str) -> Result<RecurringView> {
+        let record = self.recurring_record(id).await?;
+        self.view(record).await
+    }
+
+    /// Every recurring job, by id, with the state of the last job each created.
+    pub async fn recurring_jobs(&self) -> Result<Vec<RecurringView>> {
+        let mut out = Vec::new();
+        for record in self.storage.list_recurring().await? {
+            out.push(self.view(record).await?);
+        }
+        Ok(out)
+    }
+
+    async fn recurring_record(&self, id: &str) -> Result<RecurringRecord> {
+        self.storage
+            .recurring(id)
+            .await?
+            .ok_or_else(|| Error::RecurringNotFound(id.to_owned()))
+    }
+
+    async fn set_paused(&self, id: &str, paused: bool, next: Option<DateTime<Utc>>) -> Result<()> {
+        if self
+            .storage
+            .set_recurring_paused(id, paused, next, Utc::now())
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(Error::RecurringNotFound(id.to_owned()))
+        }
+    }
+
+    async fn view(&self, record: RecurringRecord) -> Result<RecurringView> {
+        let last_job_state = match record.last_job {
+            Some(id) => self.storage.job(id).await?.map(|d| d.job.state),
+            None => None,
+        };
+        Ok(RecurringView {
+            record,
+            last_job_state,
+        })
+    }
+
     /// A page of jobs.
     pub async fn list(&self, query: JobQuery) -> Result<Vec<JobRecord>> {
         self.storage.list_jobs(query).await
@@ -190,23 +285,7 @@ impl Client {
     }
 
     fn new_job<J: Job>(&self, request: JobRequest<J>, initial: Initial) -> Result<NewJob> {
-        let args = serde_json::to_string(&request.args).map_err(|source| Error::Serialize {
-            name: J::NAME.to_owned(),
-            source,
-        })?;
-        let options: JobOptions = J::options().merged(&request.options);
-        let mut job = NewJob::new(J::NAME, args);
-        if let Some(queue) = options.queue {
-            job.queue = queue;
-        }
-        job.priority = options.priority.unwrap_or(0);
-        if let Some(retry) = options.retry {
-            job.retry = retry;
-        }
-        job.timeout = options.timeout;
-        job.initial = initial;
-        job.validate(self.max_payload)?;
-        Ok(job)
+        build_job(request, initial, self.max_payload)
     }
 
     async fn submit_one(&self, job: NewJob) -> Result<JobId> {
@@ -214,6 +293,32 @@ impl Client {
         self.storage.enqueue(vec![job], Utc::now()).await?;
         Ok(id)
     }
+}
+
+/// Serializes a request into a job, with the job type's options under the request's, and
+/// checks it.
+pub(crate) fn build_job<J: Job>(
+    request: JobRequest<J>,
+    initial: Initial,
+    max_payload: usize,
+) -> Result<NewJob> {
+    let args = serde_json::to_string(&request.args).map_err(|source| Error::Serialize {
+        name: J::NAME.to_owned(),
+        source,
+    })?;
+    let options: JobOptions = J::options().merged(&request.options);
+    let mut job = NewJob::new(J::NAME, args);
+    if let Some(queue) = options.queue {
+        job.queue = queue;
+    }
+    job.priority = options.priority.unwrap_or(0);
+    if let Some(retry) = options.retry {
+        job.retry = retry;
+    }
+    job.timeout = options.timeout;
+    job.initial = initial;
+    job.validate(max_payload)?;
+    Ok(job)
 }
 
 fn single_change(id: JobId, change: Vec<Change>, action: &'static str) -> Result<()> {
@@ -308,4 +413,131 @@ impl Batch<'_> {
         self.jobs.push(job);
         Ok(id)
     }
+}
+
+/// A recurring job to add or update: an id, a cron schedule in a time zone, and the job it
+/// creates at each occurrence. Give it to [`Client::upsert_recurring`], or declare it on a
+/// server with [`crate::ServerBuilder::recurring`] so that each deploy updates it.
+///
+/// ```
+/// # use firelane::{Job, JobContext, JobError};
+/// # struct Report;
+/// # impl Job for Report {
+/// #     const NAME: &'static str = "report";
+/// #     type Args = ();
+/// #     async fn run(&self, _: JobContext, _: ()) -> Result<(), JobError> { Ok(()) }
+/// # }
+/// use firelane::{Misfire, Recurring};
+///
+/// let nightly = Recurring::new("nightly-report", "0 3 * * *", Report::with_args(()))
+///     .tz("Europe/Istanbul")
+///     .misfire(Misfire::Skip);
+/// ```
+#[derive(Debug)]
+pub struct Recurring {
+    id: String,
+    cron: String,
+    tz: String,
+    misfire: Misfire,
+    job: Result<NewJob>,
+}
+
+impl Recurring {
+    /// A recurring job firing on `cron` (UTC unless [`Recurring::tz`] says otherwise).
+    pub fn new<J: Job>(
+        id: impl Into<String>,
+        cron: impl Into<String>,
+        request: JobRequest<J>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            cron: cron.into(),
+            tz: "UTC".to_owned(),
+            misfire: Misfire::default(),
+            job: build_job(request, Initial::Enqueued, usize::MAX),
+        }
+    }
+
+    /// The IANA time zone the cron expression reads in (default `UTC`).
+    pub fn tz(mut self, tz: impl Into<String>) -> Self {
+        self.tz = tz.into();
+        self
+    }
+
+    /// What to do with occurrences missed while no server ran (default: fire once).
+    pub fn misfire(mut self, misfire: Misfire) -> Self {
+        self.misfire = misfire;
+        self
+    }
+
+    /// The id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Checks everything and builds the stored definition.
+    pub(crate) fn into_def(self, max_payload: usize) -> Result<RecurringDef> {
+        let job = self.job?;
+        job.validate(max_payload)?;
+        let schedule = CronSchedule::parse(&self.cron, &self.tz)?;
+        let mut def = RecurringDef::new(self.id, schedule, JobTemplate::from_job(&job))?;
+        def.misfire = self.misfire;
+        Ok(def)
+    }
+}
+
+/// Builds a recurring job from a client: see [`Client::recurring`].
+#[derive(Debug)]
+#[must_use = "nothing is stored until `.upsert(..)` is awaited"]
+pub struct RecurringBuilder<'c> {
+    client: &'c Client,
+    id: String,
+    cron: Option<String>,
+    tz: String,
+    misfire: Misfire,
+}
+
+impl RecurringBuilder<'_> {
+    /// The cron expression: 5 fields, or 6 with seconds first; `@daily` and the like.
+    pub fn cron(mut self, cron: impl Into<String>) -> Self {
+        self.cron = Some(cron.into());
+        self
+    }
+
+    /// The IANA time zone (default `UTC`).
+    pub fn tz(mut self, tz: impl Into<String>) -> Self {
+        self.tz = tz.into();
+        self
+    }
+
+    /// What to do with missed occurrences (default: fire once).
+    pub fn misfire(mut self, misfire: Misfire) -> Self {
+        self.misfire = misfire;
+        self
+    }
+
+    /// Adds or updates the recurring job to create `request`'s job at each occurrence.
+    pub async fn upsert<J: Job>(self, request: JobRequest<J>) -> Result<()> {
+        let cron = self.cron.ok_or_else(|| {
+            Error::Config(format!(
+                "recurring job {:?} has no schedule: add `.cron(\"0 3 * * *\")`",
+                self.id
+            ))
+        })?;
+        let recurring = Recurring::new(self.id, cron, request)
+            .tz(self.tz)
+            .misfire(self.misfire);
+        self.client.upsert_recurring(recurring).await
+    }
+}
+
+/// A recurring job with the state of the last job it created.
+#[derive(Clone, Debug, serde::Serialize)]
+#[non_exhaustive]
+pub struct RecurringView {
+    /// The recurring job.
+    #[serde(flatten)]
+    pub record: RecurringRecord,
+    /// The state of its last job, if that job still exists.
+    pub last_job_state: Option<JobState>,
 }

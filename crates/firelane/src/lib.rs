@@ -60,7 +60,7 @@ mod extract;
 mod job;
 mod server;
 
-pub use client::{Batch, Client, DEFAULT_MAX_PAYLOAD};
+pub use client::{Batch, Client, DEFAULT_MAX_PAYLOAD, Recurring, RecurringBuilder, RecurringView};
 pub use extract::{FromContext, IntoJobError, IntoJobResult, JobArgument, State};
 pub use job::{
     CancelReason, Cancellation, Job, JobContext, JobError, JobOptions, JobRequest, StateType,
@@ -68,16 +68,17 @@ pub use job::{
 pub use server::{Server, ServerBuilder, ShutdownReport};
 
 pub use firelane_core::{
-    BoxError, Change, ContinueOn, Error, HistoryEntry, Initial, IntoStorage, JobDetails, JobId,
-    JobQuery, JobRecord, JobState, NewJob, QueueStats, Result, Retention, RetryPolicy, ServerId,
-    ServerRecord, Stats, Storage, validate_queue,
+    BoxError, Change, ContinueOn, CronSchedule, Error, HistoryEntry, Initial, IntoStorage,
+    JobDetails, JobId, JobQuery, JobRecord, JobState, Misfire, NewJob, QueueStats, RecurringRecord,
+    Result, Retention, RetryPolicy, ServerId, ServerRecord, Stats, Storage, validate_queue,
 };
 
 /// What a backend implements, for those writing or testing one.
 pub mod storage {
     pub use firelane_core::{
-        Completion, CompletionStatus, Enqueued, FetchRequest, FetchedJob, Heartbeat,
-        HeartbeatReply, LeaseId, Outcome, Promotion, Recovery, ServerInfo, Signal, Storage,
+        Completion, CompletionStatus, Enqueued, FetchRequest, FetchedJob, Firing, Heartbeat,
+        HeartbeatReply, JobTemplate, LeaseId, Outcome, Promotion, Recovery, RecurringDef,
+        ServerInfo, Signal, Storage, plan_firing,
     };
 }
 

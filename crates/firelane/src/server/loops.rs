@@ -110,10 +110,12 @@ pub(super) async fn signals(shared: Arc<Shared>) {
                 }
             }
             Ok(Signal::Revoked { id, state }) => revoke(&shared, id, state),
+            Ok(Signal::RecurringChanged) => shared.recurring_wakeup.notify_one(),
             Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 shared.fetch_wakeup.notify_one();
                 shared.schedule_wakeup.notify_one();
+                shared.recurring_wakeup.notify_one();
             }
             Err(broadcast::error::RecvError::Closed) => {
                 shared.stop.cancelled().await;
@@ -372,4 +374,117 @@ pub(super) async fn expiration(shared: Arc<Shared>) {
             () = tokio::time::sleep(shared.config.expiration_interval) => {}
         }
     }
+}
+
+/// Fires due recurring jobs, sleeping until the next occurrence of any of them. Every server
+/// runs this; the store's compare-and-set on the awaited occurrence makes each fire once.
+pub(super) async fn recurring(shared: Arc<Shared>) {
+    let mut backoff = Backoff::new();
+    loop {
+        let fallback = Utc::now() + to_chrono(shared.config.poll_interval);
+        let wake = match fire_due_recurring(&shared, Utc::now()).await {
+            Ok(next) => {
+                backoff.reset();
+                next.map_or(fallback, |n| n.min(fallback))
+            }
+            Err(e) => {
+                let wait = backoff.next();
+                tracing::warn!(error = %e, retry_in = ?wait, "firing recurring jobs failed");
+                Utc::now() + to_chrono(wait)
+            }
+        };
+        tokio::select! {
+            () = shared.stop.cancelled() => return,
+            () = tokio::time::sleep(until(wake)) => {}
+            () = shared.recurring_wakeup.notified() => {}
+        }
+    }
+}
+
+/// Fires every recurring job due at `now`; returns the earliest next occurrence.
+pub(super) async fn fire_due_recurring(
+    shared: &Shared,
+    now: DateTime<Utc>,
+) -> crate::Result<Option<DateTime<Utc>>> {
+    let records = shared.storage.list_recurring().await?;
+    let mut live_names: Option<std::collections::HashSet<String>> = None;
+    let mut earliest: Option<DateTime<Utc>> = None;
+    for record in records {
+        if record.paused {
+            continue;
+        }
+        let Some(due) = record.next_run else { continue };
+        if due > now {
+            earliest = Some(earliest.map_or(due, |e| e.min(due)));
+            continue;
+        }
+        let firing = match crate::storage::plan_firing(&record, now, shared.config.misfire_grace) {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
+            Err(e) => disabled(
+                &record,
+                due,
+                now,
+                format!("its schedule no longer parses: {e}"),
+            ),
+        };
+        let firing = match shared.handlers.get(&record.job.name) {
+            Some(handler) => match handler.check_args(&record.job.args) {
+                Ok(()) => firing,
+                Err(e) => disabled(&record, due, now, e),
+            },
+            None => {
+                if live_names.is_none() {
+                    let servers = shared.storage.servers().await?;
+                    live_names = Some(servers.into_iter().flat_map(|s| s.info.job_names).collect());
+                }
+                let known = live_names
+                    .as_ref()
+                    .is_some_and(|names| names.contains(&record.job.name));
+                if known {
+                    firing
+                } else {
+                    disabled(
+                        &record,
+                        due,
+                        now,
+                        format!(
+                            "no running server registers job `{}`: its job type was removed from the code, or no server that has it is running; resume the recurring job (or declare it again) once one is",
+                            record.job.name
+                        ),
+                    )
+                }
+            }
+        };
+        let next = firing.next_run;
+        let error = firing.error.clone();
+        let jobs = firing.jobs.len();
+        if shared.storage.fire_recurring(firing).await? {
+            match error {
+                Some(error) => {
+                    tracing::error!(recurring = %record.id, %error, "recurring job disabled");
+                }
+                None => {
+                    tracing::info!(recurring = %record.id, jobs, occurrence = %due, "recurring job fired")
+                }
+            }
+        }
+        if let Some(n) = next {
+            earliest = Some(earliest.map_or(n, |e| e.min(n)));
+        }
+    }
+    Ok(earliest)
+}
+
+/// A firing that creates nothing, records why, and stops the schedule until a person resumes
+/// the recurring job or a deploy declares it again.
+fn disabled(
+    record: &crate::RecurringRecord,
+    due: DateTime<Utc>,
+    now: DateTime<Utc>,
+    error: String,
+) -> crate::storage::Firing {
+    let mut f = crate::storage::Firing::new(record.id.clone(), due, None, Vec::new(), now);
+    f.error = Some(error);
+    f
 }

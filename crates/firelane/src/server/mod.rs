@@ -63,6 +63,8 @@ pub struct ServerBuilder {
     duplicate_names: Vec<String>,
     state: StateMap,
     config: Config,
+    recurring: Vec<crate::Recurring>,
+    remove_undeclared_recurring: bool,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -91,6 +93,7 @@ pub(crate) struct Config {
     pub(crate) retention: Retention,
     pub(crate) fetch_batch: usize,
     pub(crate) completion_batch: usize,
+    pub(crate) misfire_grace: Duration,
 }
 
 impl Default for Config {
@@ -110,6 +113,7 @@ impl Default for Config {
             retention: Retention::default(),
             fetch_batch: 1000,
             completion_batch: 1000,
+            misfire_grace: crate::Misfire::DEFAULT_GRACE,
         }
     }
 }
@@ -207,6 +211,27 @@ impl ServerBuilder {
         self
     }
 
+    /// Declares a recurring job: added or updated when the server starts, so that each deploy
+    /// brings its schedule up to date (as Hangfire's `AddOrUpdate` at start-up).
+    pub fn recurring(mut self, recurring: crate::Recurring) -> Self {
+        self.recurring.push(recurring);
+        self
+    }
+
+    /// Removes, at start, every stored recurring job this server does not declare. Off by
+    /// default: turn it on only where one server (or every server alike) declares them all.
+    pub fn remove_undeclared_recurring(mut self, remove: bool) -> Self {
+        self.remove_undeclared_recurring = remove;
+        self
+    }
+
+    /// How late an occurrence of a recurring job may fire and still count as on time rather
+    /// than missed (default 1 minute); see [`crate::Misfire`].
+    pub fn misfire_grace(mut self, grace: Duration) -> Self {
+        self.config.misfire_grace = grace;
+        self
+    }
+
     /// Checks the settings, registers the server with the store and starts its loops.
     pub async fn start(self) -> Result<Server> {
         self.validate()?;
@@ -215,8 +240,11 @@ impl ServerBuilder {
             handlers,
             state,
             config,
+            recurring,
+            remove_undeclared_recurring,
             ..
         } = self;
+        declare_recurring(&storage, recurring, remove_undeclared_recurring).await?;
         let mut names: Vec<String> = handlers.keys().cloned().collect();
         names.sort();
         let workers = u32::try_from(config.workers).unwrap_or(u32::MAX);
@@ -252,6 +280,7 @@ impl ServerBuilder {
             heartbeat_stop: CancellationToken::new(),
             fetch_wakeup: Notify::new(),
             schedule_wakeup: Notify::new(),
+            recurring_wakeup: Notify::new(),
             next_wake_micros: AtomicI64::new(i64::MAX),
             completion_tx,
             counters: Counters::default(),
@@ -333,6 +362,43 @@ impl ServerBuilder {
     }
 }
 
+/// Adds or updates the declared recurring jobs, all checked before any is stored, and removes
+/// undeclared ones when asked.
+async fn declare_recurring(
+    storage: &Arc<dyn Storage>,
+    declared: Vec<crate::Recurring>,
+    remove_undeclared: bool,
+) -> Result<()> {
+    let mut defs = Vec::with_capacity(declared.len());
+    let mut ids = HashSet::new();
+    for r in declared {
+        let id = r.id().to_owned();
+        let def = r
+            .into_def(crate::DEFAULT_MAX_PAYLOAD)
+            .map_err(|e| Error::Config(format!("recurring job {id:?}: {e}")))?;
+        if !ids.insert(id.clone()) {
+            return Err(Error::Config(format!(
+                "recurring job {id:?} is declared twice"
+            )));
+        }
+        defs.push(def);
+    }
+    let now = Utc::now();
+    for def in defs {
+        let next = def.schedule.next_after(now);
+        storage.upsert_recurring(def, next, now).await?;
+    }
+    if remove_undeclared {
+        for r in storage.list_recurring().await? {
+            if !ids.contains(&r.id) {
+                tracing::info!(recurring = %r.id, "removing a recurring job no longer declared");
+                storage.remove_recurring(&r.id).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A running job, as the server tracks it.
 #[derive(Debug)]
 pub(crate) struct RunningJob {
@@ -372,6 +438,7 @@ pub(crate) struct Shared {
     pub(crate) heartbeat_stop: CancellationToken,
     pub(crate) fetch_wakeup: Notify,
     pub(crate) schedule_wakeup: Notify,
+    pub(crate) recurring_wakeup: Notify,
     /// When the scheduler plans to wake, in microseconds since the epoch.
     pub(crate) next_wake_micros: AtomicI64,
     pub(crate) completion_tx: mpsc::Sender<Completion>,
@@ -441,6 +508,8 @@ impl Server {
             duplicate_names: Vec::new(),
             state: StateMap::default(),
             config: Config::default(),
+            recurring: Vec::new(),
+            remove_undeclared_recurring: false,
         }
     }
 
@@ -466,6 +535,7 @@ impl Server {
             loops::supervise("scheduler", &shared, loops::scheduler),
             loops::supervise("watchdog", &shared, loops::watchdog),
             loops::supervise("expiration", &shared, loops::expiration),
+            loops::supervise("recurring", &shared, loops::recurring),
         ];
         let completer = tokio::spawn(loops::completer(Arc::clone(&shared), completion_rx));
         let heartbeat = loops::supervise("heartbeat", &shared, loops::heartbeat);
