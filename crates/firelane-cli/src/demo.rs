@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use firelane::{
-    Client, ContinueOn, Job, JobContext, JobError, JobId, JobOptions, JobState, Server, Storage,
+    Client, ContinueOn, Job, JobContext, JobError, JobId, JobOptions, JobState, Recurring, Server,
+    Storage,
 };
 use serde::{Deserialize, Serialize};
 
@@ -137,6 +138,9 @@ impl Job for Cleanup {
         Err(JobError::cancel("nothing to clean up"))
     }
 }
+
+/// The demo's recurring job.
+const RECURRING_ID: &str = "demo-every-two-seconds";
 
 /// One seeded job and how it should end.
 struct Expect {
@@ -271,6 +275,11 @@ async fn start_server(storage: &Arc<dyn Storage>, workers: usize) -> CliResult<S
         .register(DeclinedCard)
         .register(SlowReport)
         .register(Cleanup)
+        .recurring(Recurring::new(
+            RECURRING_ID,
+            "*/2 * * * * *",
+            Audit::with_args("recurring tick every two seconds".into()),
+        ))
         .queues(["critical", "emails", "default"])
         .workers(workers)
         .start()
@@ -323,6 +332,20 @@ async fn smoke(client: &Client, args: &DemoArgs, out: &Output) -> CliResult<Exit
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The recurring job must have fired, and its job run.
+    let recurring_verdict = loop {
+        let view = client.recurring_job(RECURRING_ID).await?;
+        if view.last_job_state == Some(JobState::Succeeded) {
+            break "ok".to_owned();
+        }
+        if Instant::now() >= deadline {
+            break format!(
+                "WRONG: last job {:?} in state {:?}",
+                view.record.last_job, view.last_job_state
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let failures: Vec<_> = rows.iter().filter(|(_, _, v)| v != "ok").collect();
     if out.json {
         let v: Vec<_> = rows
@@ -348,7 +371,20 @@ async fn smoke(client: &Client, args: &DemoArgs, out: &Output) -> CliResult<Exit
                 verdict.clone(),
             ]);
         }
+        t.row(vec![
+            RECURRING_ID.to_owned(),
+            "recurring, every 2 s".to_owned(),
+            "fired".to_owned(),
+            String::new(),
+            String::new(),
+            recurring_verdict.clone(),
+        ]);
         t.print();
+    }
+    if recurring_verdict != "ok" {
+        return Err(CliError::new(format!(
+            "smoke test failed: recurring job {RECURRING_ID}: {recurring_verdict}"
+        )));
     }
     if failures.is_empty() {
         eprintln!("smoke test passed: {} jobs ended as expected", rows.len());

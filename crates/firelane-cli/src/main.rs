@@ -4,6 +4,7 @@ mod admin;
 mod bench;
 mod demo;
 mod output;
+mod recurring;
 mod store;
 
 use std::process::ExitCode;
@@ -44,6 +45,9 @@ enum Command {
     Jobs(admin::JobsCommand),
     /// Enqueue a job by name with JSON arguments.
     Enqueue(admin::EnqueueArgs),
+    /// List, trigger, pause, resume and remove recurring jobs.
+    #[command(subcommand)]
+    Recurring(recurring::RecurringCommand),
     /// Measure a store: enqueue and drain throughput, pickup latency; prints one JSON line.
     Bench(bench::BenchArgs),
 }
@@ -109,6 +113,7 @@ async fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Jobs(cmd) => admin::jobs(&cli.store, cmd, &out).await,
         Command::Enqueue(args) => admin::enqueue(&cli.store, args, &out).await,
         Command::Bench(args) => bench::run(&cli.store, args).await,
+        Command::Recurring(cmd) => recurring::run(&cli.store, cmd, &out).await,
     }
 }
 

@@ -79,6 +79,32 @@ fn smoke_demo_runs_every_kind_of_job_to_its_end() {
         &["--json", "jobs", "list", "--limit", "100"],
     ));
     assert!(rows.as_array().unwrap().len() >= 10);
+    assert!(table.contains("demo-every-two-seconds"), "{table}");
+
+    // The demo declared a recurring job: steer it.
+    let id = "demo-every-two-seconds";
+    let list = ok(&firelane(&s.url, &["recurring", "list"]));
+    assert!(
+        list.contains(id) && list.contains("*/2 * * * * *") && list.contains("active"),
+        "{list}"
+    );
+    let triggered = ok(&firelane(&s.url, &["recurring", "trigger", id]));
+    assert!(triggered.contains("enqueued job"), "{triggered}");
+    ok(&firelane(&s.url, &["recurring", "pause", id]));
+    let listed = json(&firelane(&s.url, &["--json", "recurring", "list"]));
+    assert_eq!(listed[0]["paused"], true, "{listed}");
+    ok(&firelane(&s.url, &["recurring", "resume", id]));
+    let listed = json(&firelane(&s.url, &["--json", "recurring", "list"]));
+    assert_eq!(listed[0]["paused"], false, "{listed}");
+    ok(&firelane(&s.url, &["recurring", "remove", id]));
+    fails_with(
+        &firelane(&s.url, &["recurring", "remove", id]),
+        "no recurring job with id",
+    );
+    fails_with(
+        &firelane(&s.url, &["recurring", "trigger", "nope"]),
+        "no recurring job with id",
+    );
 }
 
 #[test]
