@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use firelane_core::{
-    ContinueOn, Error, HistoryEntry, JobId, JobRecord, JobState, LeaseId, RetryPolicy, ServerId,
+    ContinueOn, Error, HistoryEntry, JobId, JobRecord, JobState, JobTemplate, LeaseId, NewJob,
+    RecurringRecord, RetryPolicy, ServerId,
 };
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
@@ -82,7 +83,8 @@ pub(crate) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-fn duration_ms(v: i64) -> Duration {
+/// A duration back from whole milliseconds (negative ones as zero).
+pub(crate) fn duration_ms(v: i64) -> Duration {
     Duration::from_millis(u64::try_from(v).unwrap_or(0))
 }
 
@@ -182,6 +184,64 @@ pub(crate) fn job_record(row: &SqliteRow) -> OpResult<JobRecord> {
     job.reason = row.try_get("reason")?;
     job.last_error = row.try_get("last_error")?;
     Ok(job)
+}
+
+/// The columns of `recurring` that [`recurring_record`] reads.
+pub(crate) const RECURRING_COLUMNS: &str = "id, cron, time_zone, misfire, name, queue, priority, args, max_attempts, retry_delays, timeout_ms, paused, next_run, last_run, last_job, last_error, created_at, updated_at";
+
+/// A recurring job's template from a row with the job columns of [`RECURRING_COLUMNS`].
+pub(crate) fn job_template(row: &SqliteRow) -> OpResult<JobTemplate> {
+    let mut job = NewJob::new(
+        row.try_get::<String, _>("name")?,
+        row.try_get::<String, _>("args")?,
+    );
+    job.queue = row.try_get("queue")?;
+    job.priority = row.try_get("priority")?;
+    job.retry = retry_policy(
+        row.try_get("max_attempts")?,
+        row.try_get::<Option<String>, _>("retry_delays")?.as_deref(),
+    )?;
+    job.timeout = row
+        .try_get::<Option<i64>, _>("timeout_ms")?
+        .map(duration_ms);
+    Ok(JobTemplate::from_job(&job))
+}
+
+/// A value as JSON, for [`recurring_record`].
+fn to_json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, Error> {
+    serde_json::to_value(v).map_err(|e| Error::Corrupt(format!("cannot write as JSON: {e}")))
+}
+
+/// A recurring job from a row of [`RECURRING_COLUMNS`].
+///
+/// The record is built through serde (it can only be made from a parsed definition otherwise),
+/// so that reading never parses the cron expression again: a schedule that a newer time zone
+/// database no longer accepts is still listed.
+pub(crate) fn recurring_record(row: &SqliteRow) -> OpResult<RecurringRecord> {
+    let id: String = row.try_get("id")?;
+    let misfire: String = row.try_get("misfire")?;
+    let misfire: serde_json::Value = serde_json::from_str(&misfire)
+        .map_err(|e| Error::Corrupt(format!("bad misfire policy {misfire:?} of {id:?}: {e}")))?;
+    let last_job = row
+        .try_get::<Option<Vec<u8>>, _>("last_job")?
+        .map(|b| job_id(&b))
+        .transpose()?;
+    let value = serde_json::json!({
+        "id": id,
+        "cron": row.try_get::<String, _>("cron")?,
+        "time_zone": row.try_get::<String, _>("time_zone")?,
+        "misfire": misfire,
+        "job": to_json(&job_template(row)?)?,
+        "paused": row.try_get::<bool, _>("paused")?,
+        "next_run": to_json(&opt_time(row.try_get("next_run")?)?)?,
+        "last_run": to_json(&opt_time(row.try_get("last_run")?)?)?,
+        "last_job": to_json(&last_job)?,
+        "last_error": row.try_get::<Option<String>, _>("last_error")?,
+        "created_at": to_json(&time(row.try_get("created_at")?)?)?,
+        "updated_at": to_json(&time(row.try_get("updated_at")?)?)?,
+    });
+    serde_json::from_value(value)
+        .map_err(|e| Error::Corrupt(format!("bad recurring job {id:?}: {e}")).into())
 }
 
 /// A history entry from a row of `history`.

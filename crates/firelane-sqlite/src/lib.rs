@@ -67,9 +67,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use firelane_core::{
-    Change, Completion, CompletionStatus, Enqueued, Error, FetchRequest, FetchedJob, Heartbeat,
-    HeartbeatReply, JobDetails, JobId, JobQuery, JobRecord, NewJob, Promotion, Recovery, Result,
-    Retention, ServerId, ServerRecord, Signal, Stats, Storage, async_trait,
+    Change, Completion, CompletionStatus, Enqueued, Error, FetchRequest, FetchedJob, Firing,
+    Heartbeat, HeartbeatReply, JobDetails, JobId, JobQuery, JobRecord, NewJob, Promotion, Recovery,
+    RecurringDef, RecurringRecord, Result, Retention, ServerId, ServerRecord, Signal, Stats,
+    Storage, async_trait,
 };
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
@@ -435,6 +436,66 @@ impl Storage for SqliteStorage {
 
     async fn servers(&self) -> Result<Vec<ServerRecord>> {
         read!(self, "servers", |tx| reads::servers(tx))
+    }
+
+    async fn upsert_recurring(
+        &self,
+        def: RecurringDef,
+        next_run: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.write("upsert_recurring", move |conn, signals| {
+            Box::pin(ops::upsert_recurring(conn, signals, def, next_run, now))
+        })
+        .await
+    }
+
+    async fn remove_recurring(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.write("remove_recurring", move |conn, signals| {
+            Box::pin(ops::remove_recurring(conn, signals, id))
+        })
+        .await
+    }
+
+    async fn recurring(&self, id: &str) -> Result<Option<RecurringRecord>> {
+        let id = id.to_owned();
+        read!(self, "recurring", |tx| reads::recurring(tx, id))
+    }
+
+    async fn list_recurring(&self) -> Result<Vec<RecurringRecord>> {
+        read!(self, "list_recurring", |tx| reads::list_recurring(tx))
+    }
+
+    async fn set_recurring_paused(
+        &self,
+        id: &str,
+        paused: bool,
+        next_run: Option<DateTime<Utc>>,
+        _now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let id = id.to_owned();
+        self.write("set_recurring_paused", move |conn, signals| {
+            Box::pin(ops::set_recurring_paused(
+                conn, signals, id, paused, next_run,
+            ))
+        })
+        .await
+    }
+
+    async fn fire_recurring(&self, firing: Firing) -> Result<bool> {
+        self.write("fire_recurring", move |conn, signals| {
+            Box::pin(ops::fire_recurring(conn, signals, firing))
+        })
+        .await
+    }
+
+    async fn trigger_recurring(&self, id: &str, now: DateTime<Utc>) -> Result<JobId> {
+        let id = id.to_owned();
+        self.write("trigger_recurring", move |conn, signals| {
+            Box::pin(ops::trigger_recurring(conn, signals, id, now))
+        })
+        .await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Signal> {

@@ -14,16 +14,16 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use firelane_core::{
     Change, Completion, CompletionStatus, ContinuationDecision, ContinueOn, Enqueued, Error,
-    FetchRequest, FetchedJob, Heartbeat, HeartbeatReply, Initial, JobId, JobState, LeaseId, NewJob,
-    Outcome, Promotion, Recovery, Retention, ServerId, Signal,
+    FetchRequest, FetchedJob, Firing, Heartbeat, HeartbeatReply, Initial, JobId, JobState, LeaseId,
+    NewJob, Outcome, Promotion, Recovery, RecurringDef, Retention, ServerId, Signal,
 };
 use serde_json::{Value, json};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
 use crate::codec::{
-    OpResult, count_u32, job_id, lease_id, micros, minus, ms, retry_delays, retry_policy, state,
-    time, us,
+    OpResult, count_u32, job_id, job_template, lease_id, micros, minus, ms, retry_delays,
+    retry_policy, state, time, us,
 };
 use crate::sql;
 use crate::writer::Signals;
@@ -807,4 +807,129 @@ pub(crate) async fn requeue(
         out.push(Change::Changed { from });
     }
     Ok(out)
+}
+
+/// [`firelane_core::Storage::upsert_recurring`].
+pub(crate) async fn upsert_recurring(
+    conn: &mut SqliteConnection,
+    signals: &mut Signals,
+    def: RecurringDef,
+    next_run: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> OpResult<()> {
+    let misfire = serde_json::to_string(&def.misfire)
+        .map_err(|e| Error::Corrupt(format!("cannot write a misfire policy as JSON: {e}")))?;
+    let job = &def.job;
+    sqlx::query(sql::RECURRING_UPSERT)
+        .bind(&def.id)
+        .bind(def.schedule.expr())
+        .bind(def.schedule.time_zone())
+        .bind(misfire)
+        .bind(&job.name)
+        .bind(&job.queue)
+        .bind(job.priority)
+        .bind(&job.args)
+        .bind(i64::from(job.retry.max_attempts()))
+        .bind(retry_delays(&job.retry))
+        .bind(job.timeout.map(ms))
+        .bind(next_run.map(us))
+        .bind(us(now))
+        .execute(&mut *conn)
+        .await?;
+    signals.push(Signal::RecurringChanged);
+    Ok(())
+}
+
+/// [`firelane_core::Storage::remove_recurring`].
+pub(crate) async fn remove_recurring(
+    conn: &mut SqliteConnection,
+    signals: &mut Signals,
+    id: String,
+) -> OpResult<bool> {
+    let removed = sqlx::query(sql::RECURRING_DELETE)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some();
+    if removed {
+        signals.push(Signal::RecurringChanged);
+    }
+    Ok(removed)
+}
+
+/// [`firelane_core::Storage::set_recurring_paused`].
+pub(crate) async fn set_recurring_paused(
+    conn: &mut SqliteConnection,
+    signals: &mut Signals,
+    id: String,
+    paused: bool,
+    next_run: Option<DateTime<Utc>>,
+) -> OpResult<bool> {
+    let found = if paused {
+        sqlx::query(sql::RECURRING_PAUSE)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+    } else {
+        sqlx::query(sql::RECURRING_RESUME)
+            .bind(id)
+            .bind(next_run.map(us))
+            .fetch_optional(&mut *conn)
+            .await?
+    }
+    .is_some();
+    if found && !paused {
+        signals.push(Signal::RecurringChanged);
+    }
+    Ok(found)
+}
+
+/// [`firelane_core::Storage::fire_recurring`]: the compare-and-set on the awaited occurrence,
+/// then the jobs, in the operation's savepoint (a failing enqueue undoes the update).
+pub(crate) async fn fire_recurring(
+    conn: &mut SqliteConnection,
+    signals: &mut Signals,
+    firing: Firing,
+) -> OpResult<bool> {
+    let last_job = firing.jobs.last().map(|j| j.id.as_bytes().to_vec());
+    let applied = sqlx::query(sql::RECURRING_FIRE)
+        .bind(&firing.id)
+        .bind(us(firing.expected_next_run))
+        .bind(firing.next_run.map(us))
+        .bind(&firing.error)
+        .bind(last_job)
+        .bind(us(firing.now))
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some();
+    if applied && !firing.jobs.is_empty() {
+        enqueue(conn, signals, firing.jobs, firing.now).await?;
+    }
+    Ok(applied)
+}
+
+/// [`firelane_core::Storage::trigger_recurring`].
+pub(crate) async fn trigger_recurring(
+    conn: &mut SqliteConnection,
+    signals: &mut Signals,
+    id: String,
+    now: DateTime<Utc>,
+) -> OpResult<JobId> {
+    let Some(row) = sqlx::query(sql::RECURRING_TEMPLATE)
+        .bind(&id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Err(Error::RecurringNotFound(id).into());
+    };
+    let job = job_template(&row)?.instantiate();
+    let created = job.id;
+    enqueue(&mut *conn, signals, vec![job], now).await?;
+    sqlx::query(sql::RECURRING_TRIGGERED)
+        .bind(id)
+        .bind(created.as_bytes().as_slice())
+        .bind(us(now))
+        .execute(&mut *conn)
+        .await?;
+    Ok(created)
 }

@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 
 use firelane_core::{
-    Error, JobDetails, JobId, JobQuery, JobRecord, JobState, QueueStats, ServerInfo, ServerRecord,
-    Stats,
+    Error, JobDetails, JobId, JobQuery, JobRecord, JobState, QueueStats, RecurringRecord,
+    ServerInfo, ServerRecord, Stats,
 };
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 
 use crate::codec::{
-    JOB_COLUMNS, OpResult, count_u64, history_entry, job_id, job_record, state, time,
+    JOB_COLUMNS, OpResult, RECURRING_COLUMNS, count_u64, history_entry, job_id, job_record,
+    recurring_record, state, time,
 };
 
 /// [`firelane_core::Storage::job`].
@@ -129,5 +130,31 @@ pub(crate) async fn servers(conn: &mut SqliteConnection) -> OpResult<Vec<ServerR
                 time(row.try_get("last_heartbeat")?)?,
             ))
         })
+        .collect()
+}
+
+/// [`firelane_core::Storage::recurring`].
+pub(crate) async fn recurring(
+    conn: &mut SqliteConnection,
+    id: String,
+) -> OpResult<Option<RecurringRecord>> {
+    let sql = format!("SELECT {RECURRING_COLUMNS} FROM recurring WHERE id = ?");
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .as_ref()
+        .map(recurring_record)
+        .transpose()
+}
+
+/// [`firelane_core::Storage::list_recurring`].
+pub(crate) async fn list_recurring(conn: &mut SqliteConnection) -> OpResult<Vec<RecurringRecord>> {
+    let sql = format!("SELECT {RECURRING_COLUMNS} FROM recurring ORDER BY id");
+    sqlx::query(AssertSqlSafe(sql))
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(recurring_record)
         .collect()
 }

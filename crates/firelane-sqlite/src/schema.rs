@@ -37,10 +37,11 @@ CREATE TABLE firelane_schema (
 );
 ";
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "jobs, queue, history and servers",
-    sql: "
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "jobs, queue, history and servers",
+        sql: "
 -- Every job, whatever its state. Times are microseconds since the Unix epoch (UTC), ids are
 -- the 16 bytes of the UUID.
 CREATE TABLE jobs (
@@ -105,10 +106,40 @@ CREATE TABLE servers (
     last_heartbeat INTEGER NOT NULL
 );
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "recurring jobs",
+        sql: "
+-- Recurring jobs: a cron schedule and the job it creates at each occurrence. The job template
+-- is kept as `jobs` keeps a job; times are microseconds since the Unix epoch (UTC).
+CREATE TABLE recurring (
+    id           TEXT PRIMARY KEY NOT NULL,
+    cron         TEXT NOT NULL,
+    time_zone    TEXT NOT NULL,
+    misfire      TEXT NOT NULL,     -- Misfire as JSON
+    name         TEXT NOT NULL,
+    queue        TEXT NOT NULL,
+    priority     INTEGER NOT NULL,
+    args         TEXT NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    retry_delays TEXT,              -- JSON array of milliseconds; NULL: Hangfire's back-off
+    timeout_ms   INTEGER,
+    paused       INTEGER NOT NULL DEFAULT 0,
+    next_run     INTEGER,           -- NULL: disabled (the schedule never fires again)
+    last_run     INTEGER,
+    last_job     BLOB,
+    last_error   TEXT,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL
+);
+CREATE INDEX recurring_due ON recurring (next_run) WHERE paused = 0 AND next_run IS NOT NULL;
+",
+    },
+];
 
 /// The newest schema version this build knows.
-pub(crate) const LATEST: i64 = 1;
+pub(crate) const LATEST: i64 = 2;
 
 /// Why a database cannot be used.
 #[derive(Debug)]
@@ -215,11 +246,11 @@ mod tests {
             .connect()
             .await?;
         let first = migrate(&mut conn).await.map_err(|e| format!("{e:?}"))?;
-        assert_eq!(first, vec![1]);
+        assert_eq!(first, vec![1, 2]);
         let second = migrate(&mut conn).await.map_err(|e| format!("{e:?}"))?;
         assert!(second.is_empty());
         assert_eq!(version(&mut conn).await?, LATEST);
-        assert_eq!(applied_count(&mut conn).await?, 1);
+        assert_eq!(applied_count(&mut conn).await?, LATEST);
         Ok(())
     }
 

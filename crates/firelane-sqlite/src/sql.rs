@@ -168,6 +168,62 @@ pub(crate) const EXPIRE_JOBS: &str = "DELETE FROM jobs WHERE id IN (
 pub(crate) const EXPIRE_HISTORY: &str =
     "DELETE FROM history WHERE job_id IN (SELECT unhex(value) FROM json_each(?))";
 
+/// Adds a recurring job, or updates its definition: `paused`, `last_run` and `last_job` are
+/// kept, `last_error` is cleared, `next_run` is kept when the cron expression and time zone are
+/// unchanged and it was not NULL (disabled), and `updated_at` moves only when the definition
+/// changed. On the right of `SET`, bare columns are the row's old values.
+pub(crate) const RECURRING_UPSERT: &str =
+    "INSERT INTO recurring (id, cron, time_zone, misfire, name, queue, priority, args,
+             max_attempts, retry_delays, timeout_ms, paused, next_run, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, ?12, ?13, ?13)
+         ON CONFLICT (id) DO UPDATE SET
+             next_run = CASE WHEN cron = excluded.cron AND time_zone = excluded.time_zone
+                                  AND next_run IS NOT NULL
+                             THEN next_run ELSE excluded.next_run END,
+             updated_at = CASE WHEN cron = excluded.cron AND time_zone = excluded.time_zone
+                                    AND misfire = excluded.misfire AND name = excluded.name
+                                    AND queue = excluded.queue AND priority = excluded.priority
+                                    AND args = excluded.args
+                                    AND max_attempts = excluded.max_attempts
+                                    AND retry_delays IS excluded.retry_delays
+                                    AND timeout_ms IS excluded.timeout_ms
+                               THEN updated_at ELSE excluded.updated_at END,
+             cron = excluded.cron, time_zone = excluded.time_zone, misfire = excluded.misfire,
+             name = excluded.name, queue = excluded.queue, priority = excluded.priority,
+             args = excluded.args, max_attempts = excluded.max_attempts,
+             retry_delays = excluded.retry_delays, timeout_ms = excluded.timeout_ms,
+             last_error = NULL";
+
+/// Removes a recurring job.
+pub(crate) const RECURRING_DELETE: &str = "DELETE FROM recurring WHERE id = ? RETURNING id";
+
+/// Pauses a recurring job; its `next_run` stays.
+pub(crate) const RECURRING_PAUSE: &str =
+    "UPDATE recurring SET paused = 1 WHERE id = ? RETURNING id";
+
+/// Resumes a recurring job to wait for `?2`; a job that was not paused keeps its `next_run`
+/// (so that resuming a running schedule cannot skip an occurrence that is due).
+pub(crate) const RECURRING_RESUME: &str =
+    "UPDATE recurring SET next_run = CASE WHEN paused THEN ?2 ELSE next_run END, paused = 0
+         WHERE id = ?1 RETURNING id";
+
+/// A firing's compare-and-set: applies only while the job is not paused and waits for `?2`.
+/// `?3` is the next run, `?4` the error, `?5` the last job created (NULL for none) and `?6`
+/// the firing's time, recorded as the last run when there is a last job.
+pub(crate) const RECURRING_FIRE: &str = "UPDATE recurring SET next_run = ?3, last_error = ?4,
+             last_job = COALESCE(?5, last_job),
+             last_run = CASE WHEN ?5 IS NULL THEN last_run ELSE ?6 END
+         WHERE id = ?1 AND paused = 0 AND next_run = ?2 RETURNING id";
+
+/// The template of a recurring job, to trigger it.
+pub(crate) const RECURRING_TEMPLATE: &str =
+    "SELECT name, queue, priority, args, max_attempts, retry_delays, timeout_ms
+         FROM recurring WHERE id = ?";
+
+/// Records a job made from a recurring job's template by hand.
+pub(crate) const RECURRING_TRIGGERED: &str =
+    "UPDATE recurring SET last_job = ?2, last_run = ?3 WHERE id = ?1";
+
 #[cfg(test)]
 mod tests {
     use sqlx::{ConnectOptions, Row};
@@ -198,6 +254,13 @@ mod tests {
         ("LAPSED", super::LAPSED),
         ("EXPIRE_JOBS", super::EXPIRE_JOBS),
         ("EXPIRE_HISTORY", super::EXPIRE_HISTORY),
+        ("RECURRING_UPSERT", super::RECURRING_UPSERT),
+        ("RECURRING_DELETE", super::RECURRING_DELETE),
+        ("RECURRING_PAUSE", super::RECURRING_PAUSE),
+        ("RECURRING_RESUME", super::RECURRING_RESUME),
+        ("RECURRING_FIRE", super::RECURRING_FIRE),
+        ("RECURRING_TEMPLATE", super::RECURRING_TEMPLATE),
+        ("RECURRING_TRIGGERED", super::RECURRING_TRIGGERED),
     ];
 
     /// No statement reads a whole job table: each finds its rows through an index (only the
