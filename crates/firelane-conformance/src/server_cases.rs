@@ -955,13 +955,19 @@ impl Storage for FlakyStore {
         now: chrono::DateTime<Utc>,
     ) -> firelane::Result<bool> {
         self.check("set_recurring_paused")?;
-        self.inner.set_recurring_paused(id, paused, next_run, now).await
+        self.inner
+            .set_recurring_paused(id, paused, next_run, now)
+            .await
     }
     async fn fire_recurring(&self, firing: firelane::storage::Firing) -> firelane::Result<bool> {
         self.check("fire_recurring")?;
         self.inner.fire_recurring(firing).await
     }
-    async fn trigger_recurring(&self, id: &str, now: chrono::DateTime<Utc>) -> firelane::Result<JobId> {
+    async fn trigger_recurring(
+        &self,
+        id: &str,
+        now: chrono::DateTime<Utc>,
+    ) -> firelane::Result<JobId> {
         self.check("trigger_recurring")?;
         self.inner.trigger_recurring(id, now).await
     }
@@ -1041,6 +1047,406 @@ pub async fn unwritten_outcomes_keep_their_lease(store: Arc<dyn Storage>) {
     server.shutdown().await.unwrap();
 }
 
+fn recurring_def(id: &str, cron: &str, job: NewJob) -> firelane::storage::RecurringDef {
+    firelane::storage::RecurringDef::new(
+        id,
+        firelane::CronSchedule::parse(cron, "UTC").unwrap(),
+        firelane::storage::JobTemplate::from_job(&job),
+    )
+    .unwrap()
+}
+
+fn test_job_args(a: &Act) -> String {
+    serde_json::to_string(a).unwrap()
+}
+
+async fn jobs_named(client: &Client, name: &str) -> Vec<firelane::JobRecord> {
+    client
+        .list(firelane::JobQuery::new().name(name).page(0, 10_000))
+        .await
+        .unwrap()
+}
+
+/// A recurring job fires once per occurrence, however many servers run it and even when a
+/// server stops and another starts at the moment of firing.
+pub async fn recurring_fires_each_occurrence_once_across_servers(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let a = builder(&store, &probe).start().await.unwrap();
+    let b = builder(&store, &probe).start().await.unwrap();
+    let c = builder(&store, &probe).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    client
+        .recurring("every-second")
+        .cron("* * * * * *")
+        .upsert(act(Act::Succeed("tick".into())))
+        .await
+        .unwrap();
+    let started = Utc::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A server stops and another starts while occurrences keep coming.
+    let report = c.shutdown().await.unwrap();
+    assert_eq!(report.handed_back, 0);
+    let d = builder(&store, &probe).start().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    client.pause_recurring("every-second").await.unwrap();
+    let ended = Utc::now();
+    let jobs = jobs_named(&client, TestJob::NAME).await;
+    let mut seconds: Vec<i64> = jobs.iter().map(|j| j.created_at.timestamp()).collect();
+    seconds.sort_unstable();
+    let before = seconds.len();
+    seconds.dedup();
+    assert_eq!(
+        before,
+        seconds.len(),
+        "two jobs for one occurrence: {seconds:?}"
+    );
+    let span = (ended - started).num_seconds();
+    assert!(
+        seconds.len() as i64 >= span - 1 && seconds.len() as i64 <= span + 1,
+        "{} jobs over {span} s",
+        seconds.len()
+    );
+    let lateness: Vec<i64> = jobs
+        .iter()
+        .map(|j| j.created_at.timestamp_subsec_millis() as i64)
+        .collect();
+    eprintln!("recurring firing lateness after the occurrence, ms: {lateness:?}");
+    for s in [a, b, d] {
+        s.shutdown().await.unwrap();
+    }
+}
+
+/// Occurrences missed while no server ran follow the job's misfire policy: one job for all of
+/// them, none, or one each (bounded).
+pub async fn recurring_misfire_policies(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let now = Utc::now();
+    // As if every server had been down for five hours: the hourly job waited since then.
+    let five_hours_ago = now - chrono::Duration::hours(5);
+    let args = test_job_args(&Act::Succeed("missed".into()));
+    for (id, misfire) in [
+        ("once", firelane::Misfire::FireOnce),
+        ("skip", firelane::Misfire::Skip),
+        ("each", firelane::Misfire::FireEach { max: 3 }),
+    ] {
+        let mut def = recurring_def(id, "0 * * * *", NewJob::new(TestJob::NAME, args.clone()));
+        def.misfire = misfire;
+        store
+            .upsert_recurring(def, Some(five_hours_ago), now)
+            .await
+            .unwrap();
+    }
+    let server = builder(&store, &probe).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    eventually(
+        "all three to be past their missed occurrences",
+        WAIT,
+        || async {
+            let all = client.recurring_jobs().await.unwrap();
+            all.iter()
+                .all(|v| v.record.next_run.is_some_and(|n| n > now))
+                .then_some(())
+        },
+    )
+    .await;
+    let created = |id: &'static str| {
+        let client = client.clone();
+        async move { client.recurring_job(id).await.unwrap() }
+    };
+    assert!(created("once").await.record.last_job.is_some());
+    assert!(
+        created("skip").await.record.last_job.is_none(),
+        "skip creates nothing"
+    );
+    assert!(created("each").await.record.last_job.is_some());
+    let total = jobs_named(&client, TestJob::NAME).await.len();
+    assert_eq!(
+        total,
+        1 + 3,
+        "one for fire-once, three (the bound) for fire-each"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// With every server stopped across several occurrences, the first server to start fires the
+/// missed ones by the policy (here: one job each).
+pub async fn recurring_missed_while_all_servers_stopped(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let client = Client::new(Arc::clone(&store));
+    client
+        .recurring("each-second")
+        .cron("* * * * * *")
+        .misfire(firelane::Misfire::FireEach { max: 100 })
+        .upsert(act(Act::Succeed("e".into())))
+        .await
+        .unwrap();
+    let a = builder(&store, &probe)
+        .misfire_grace(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    a.shutdown().await.unwrap();
+    let before = jobs_named(&client, TestJob::NAME).await.len();
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let b = builder(&store, &probe)
+        .misfire_grace(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    let first_firing = eventually("the first firing after the restart", WAIT, || async {
+        let n = jobs_named(&client, TestJob::NAME).await.len();
+        (n > before).then_some(n - before)
+    })
+    .await;
+    assert!(
+        first_firing >= 2,
+        "missed occurrences each fired: {first_firing}"
+    );
+    client.remove_recurring("each-second").await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// A recurring job whose job type no server has any more is disabled with an error that says
+/// so, and a job whose stored arguments no longer decode likewise; the others keep firing.
+pub async fn recurring_that_cannot_load_is_disabled_and_others_fire(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let now = Utc::now();
+    let due = Some(now);
+    store
+        .upsert_recurring(
+            recurring_def(
+                "gone",
+                "* * * * * *",
+                NewJob::new("removed_job_type", "null"),
+            ),
+            due,
+            now,
+        )
+        .await
+        .unwrap();
+    store
+        .upsert_recurring(
+            recurring_def(
+                "stale-args",
+                "* * * * * *",
+                NewJob::new(Welcome::NAME, r#"{"id":1}"#),
+            ),
+            due,
+            now,
+        )
+        .await
+        .unwrap();
+    let ok_args = test_job_args(&Act::Succeed("alive".into()));
+    store
+        .upsert_recurring(
+            recurring_def("alive", "* * * * * *", NewJob::new(TestJob::NAME, ok_args)),
+            due,
+            now,
+        )
+        .await
+        .unwrap();
+    let server = builder(&store, &probe).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    eventually("the live recurring job to fire twice", WAIT, || async {
+        (probe.runs("alive") >= 2).then_some(())
+    })
+    .await;
+    let gone = client.recurring_job("gone").await.unwrap().record;
+    let error = gone.last_error.unwrap_or_default();
+    assert!(
+        error.contains("no running server registers job `removed_job_type`"),
+        "{error}"
+    );
+    assert_eq!(gone.next_run, None, "disabled");
+    let stale = client.recurring_job("stale-args").await.unwrap().record;
+    assert!(stale.last_error.unwrap_or_default().contains("user_id"));
+    assert_eq!(stale.next_run, None);
+    assert!(jobs_named(&client, "removed_job_type").await.is_empty());
+    // Resumed while its arguments are still stale, it is disabled again at its next
+    // occurrence, and the error stays visible.
+    client.resume_recurring("stale-args").await.unwrap();
+    eventually("the stale job to be disabled again", WAIT, || async {
+        let r = client.recurring_job("stale-args").await.unwrap().record;
+        (r.next_run.is_none() && r.last_error.is_some() && r.last_job.is_none()).then_some(())
+    })
+    .await;
+    assert!(
+        client
+            .recurring_job("stale-args")
+            .await
+            .unwrap()
+            .record
+            .next_run
+            .is_some()
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// Recurring jobs declared on the server builder are stored at start; bad declarations stop the
+/// start with an error naming the field; undeclared ones are removed only when asked.
+pub async fn recurring_declared_at_server_start(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let client = Client::new(Arc::clone(&store));
+    client
+        .recurring("old")
+        .cron("0 3 * * *")
+        .upsert(act(Act::Succeed("old".into())))
+        .await
+        .unwrap();
+    let err = builder(&store, &probe)
+        .recurring(firelane::Recurring::new(
+            "bad",
+            "61 * * * *",
+            act(Act::Succeed("b".into())),
+        ))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("field 1 (minute)"), "{err}");
+    let err = builder(&store, &probe)
+        .recurring(
+            firelane::Recurring::new("bad-tz", "0 3 * * *", act(Act::Succeed("b".into())))
+                .tz("Mars/Base"),
+        )
+        .start()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("Mars/Base"), "{err}");
+    assert_eq!(
+        client.recurring_jobs().await.unwrap().len(),
+        1,
+        "nothing stored by failed starts"
+    );
+
+    let server = builder(&store, &probe)
+        .recurring(
+            firelane::Recurring::new("nightly", "0 3 * * *", act(Act::Succeed("n".into())))
+                .tz("Europe/Istanbul"),
+        )
+        .start()
+        .await
+        .unwrap();
+    let ids: Vec<String> = client
+        .recurring_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.record.id)
+        .collect();
+    assert_eq!(ids, ["nightly", "old"]);
+    server.shutdown().await.unwrap();
+    let server = builder(&store, &probe)
+        .recurring(
+            firelane::Recurring::new("nightly", "0 4 * * *", act(Act::Succeed("n".into())))
+                .tz("Europe/Istanbul"),
+        )
+        .remove_undeclared_recurring(true)
+        .start()
+        .await
+        .unwrap();
+    let all = client.recurring_jobs().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        all[0].record.cron, "0 4 * * *",
+        "a deploy updates the schedule"
+    );
+    assert_eq!(all[0].record.time_zone, "Europe/Istanbul");
+    server.shutdown().await.unwrap();
+}
+
+/// The client's recurring API: bad input refused with the field named; trigger runs a job
+/// without moving the schedule; pause stops firing; resume starts again.
+pub async fn recurring_client_api(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let client = Client::new(Arc::clone(&store));
+    let err = client
+        .recurring("r")
+        .cron("0 0 * * MOON")
+        .upsert(act(Act::Succeed("x".into())))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidCron { .. }) && err.to_string().contains("day-of-week"),
+        "{err}"
+    );
+    let err = client
+        .recurring("r")
+        .cron("0 3 * * *")
+        .tz("Europe/Instanbul")
+        .upsert(act(Act::Succeed("x".into())))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidTimeZone { .. }), "{err}");
+    let err = client
+        .recurring("r")
+        .upsert(act(Act::Succeed("x".into())))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(".cron("), "{err}");
+    let err = client
+        .recurring("")
+        .cron("0 3 * * *")
+        .upsert(act(Act::Succeed("x".into())))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidRecurringId(_)), "{err}");
+    assert!(client.recurring_jobs().await.unwrap().is_empty());
+    assert!(matches!(
+        client.trigger("nope").await,
+        Err(Error::RecurringNotFound(_))
+    ));
+    assert!(matches!(
+        client.pause_recurring("nope").await,
+        Err(Error::RecurringNotFound(_))
+    ));
+
+    let server = builder(&store, &probe).start().await.unwrap();
+    client
+        .recurring("yearly")
+        .cron("0 0 1 1 *")
+        .upsert(act(Act::Succeed("yearly".into())))
+        .await
+        .unwrap();
+    let next = client
+        .recurring_job("yearly")
+        .await
+        .unwrap()
+        .record
+        .next_run;
+    let id = client.trigger("yearly").await.unwrap();
+    wait_state(&client, id, JobState::Succeeded).await;
+    let view = client.recurring_job("yearly").await.unwrap();
+    assert_eq!(
+        view.record.next_run, next,
+        "trigger does not move the schedule"
+    );
+    assert_eq!(view.record.last_job, Some(id));
+    assert_eq!(view.last_job_state, Some(JobState::Succeeded));
+
+    client
+        .recurring("fast")
+        .cron("* * * * * *")
+        .upsert(act(Act::Succeed("fast".into())))
+        .await
+        .unwrap();
+    eventually("a firing", WAIT, || async {
+        (probe.runs("fast") >= 1).then_some(())
+    })
+    .await;
+    client.pause_recurring("fast").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let paused_at = probe.runs("fast");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(probe.runs("fast"), paused_at, "a paused job does not fire");
+    client.resume_recurring("fast").await.unwrap();
+    eventually("firing again", WAIT, || async {
+        (probe.runs("fast") > paused_at).then_some(())
+    })
+    .await;
+    server.shutdown().await.unwrap();
+}
+
 /// Generates one test per server case for a store factory.
 #[macro_export]
 macro_rules! server_suite {
@@ -1072,6 +1478,12 @@ macro_rules! server_suite {
             many_jobs_drain_exactly_once,
             store_outage_mid_flight_loses_nothing,
             unwritten_outcomes_keep_their_lease,
+            recurring_fires_each_occurrence_once_across_servers,
+            recurring_misfire_policies,
+            recurring_missed_while_all_servers_stopped,
+            recurring_that_cannot_load_is_disabled_and_others_fire,
+            recurring_declared_at_server_start,
+            recurring_client_api,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
