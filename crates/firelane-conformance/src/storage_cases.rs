@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use firelane_core::{
-    Change, Completion, CompletionStatus, ContinueOn, Enqueued, Error, FetchRequest, FetchedJob,
-    Heartbeat, HistoryEntry, Initial, JobDetails, JobId, JobQuery, JobState, LeaseId, NewJob,
-    Outcome, Retention, RetryPolicy, ServerId, ServerInfo, Signal, Storage,
+    Change, Completion, CompletionStatus, ContinueOn, CronSchedule, Enqueued, Error, FetchRequest,
+    FetchedJob, Firing, Heartbeat, HistoryEntry, Initial, JobDetails, JobId, JobQuery, JobState,
+    JobTemplate, LeaseId, Misfire, NewJob, Outcome, RecurringDef, RecurringRecord, Retention,
+    RetryPolicy, ServerId, ServerInfo, Signal, Storage, plan_firing,
 };
 use tokio::sync::broadcast;
 
@@ -82,6 +83,19 @@ macro_rules! storage_suite {
             signal_scheduled,
             signal_revoked,
             concurrent_fetchers_never_share_a_job,
+            recurring_upsert_then_read_back,
+            recurring_upsert_keeps_next_run_unless_the_schedule_changed,
+            recurring_upsert_keeps_paused_and_last_run,
+            recurring_list_is_ordered_by_id,
+            recurring_remove,
+            recurring_pause_and_resume,
+            recurring_fire_creates_the_jobs,
+            recurring_fire_without_jobs_moves_next_run_only,
+            recurring_fire_records_an_error,
+            recurring_fire_applies_once,
+            recurring_concurrent_firings_apply_once,
+            recurring_trigger,
+            signal_recurring_changed,
         );
     };
 }
@@ -2908,4 +2922,586 @@ pub async fn concurrent_fetchers_never_share_a_job(store: Arc<dyn Storage>) {
     let st = store.stats().await.unwrap();
     assert_eq!(st.count(JobState::Processing), JOBS as u64);
     assert_eq!(st.count(JobState::Enqueued), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// recurring jobs
+// ---------------------------------------------------------------------------------------------
+
+const DAILY: &str = "0 3 * * *";
+
+fn daily_schedule() -> CronSchedule {
+    CronSchedule::parse(DAILY, "UTC").unwrap()
+}
+
+/// A recurring job firing every day at 03:00 UTC, creating a `report` job.
+fn daily(id: &str) -> RecurringDef {
+    RecurringDef::new(
+        id,
+        daily_schedule(),
+        JobTemplate::from_job(&NewJob::new("report", r#"{"format":"pdf"}"#)),
+    )
+    .unwrap()
+}
+
+/// The first 03:00 UTC after `t`.
+fn next_3am(t: DateTime<Utc>) -> DateTime<Utc> {
+    daily_schedule().next_after(t).unwrap()
+}
+
+async fn recurring(store: &Arc<dyn Storage>, id: &str) -> RecurringRecord {
+    store
+        .recurring(id)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("recurring job {id:?} should exist"))
+}
+
+/// The firing a server would plan for `id` at `now` (which must be due).
+async fn plan(store: &Arc<dyn Storage>, id: &str, now: DateTime<Utc>) -> Firing {
+    let record = recurring(store, id).await;
+    plan_firing(&record, now, Misfire::DEFAULT_GRACE)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{id:?} should be due at {now}: {record:?}"))
+}
+
+async fn count_jobs(store: &Arc<dyn Storage>) -> usize {
+    store
+        .list_jobs(JobQuery::new().page(0, 1000))
+        .await
+        .unwrap()
+        .len()
+}
+
+/// Every field of a recurring job is stored and read back as given.
+pub async fn recurring_upsert_then_read_back(store: Arc<dyn Storage>) {
+    let now = t0();
+    assert!(store.recurring("nightly").await.unwrap().is_none());
+    let mut template = NewJob::new("report", r#"{"format":"pdf","pages":[1,2]}"#);
+    template.queue = "reports".to_owned();
+    template.priority = 5;
+    template.retry = RetryPolicy::Delays(vec![Duration::from_secs(1), Duration::from_millis(2500)]);
+    template.timeout = Some(Duration::from_secs(90));
+    let template = JobTemplate::from_job(&template);
+    let schedule = CronSchedule::parse("30 4 * * 1-5", "Europe/Paris").unwrap();
+    let next = schedule.next_after(now).unwrap();
+    let mut def = RecurringDef::new("nightly", schedule, template.clone()).unwrap();
+    def.misfire = Misfire::FireEach { max: 3 };
+    store.upsert_recurring(def, Some(next), now).await.unwrap();
+
+    let r = recurring(&store, "nightly").await;
+    assert_eq!(r.id, "nightly");
+    assert_eq!(r.cron, "30 4 * * 1-5");
+    assert_eq!(r.time_zone, "Europe/Paris");
+    assert_eq!(r.misfire, Misfire::FireEach { max: 3 });
+    assert_eq!(r.job, template);
+    assert!(!r.paused);
+    assert_eq!(r.next_run, Some(next));
+    assert_eq!(r.last_run, None);
+    assert_eq!(r.last_job, None);
+    assert_eq!(r.last_error, None);
+    assert_eq!(r.created_at, now);
+    assert_eq!(r.updated_at, now);
+    assert_eq!(r.schedule().unwrap().expr(), "30 4 * * 1-5");
+
+    // The defaults, and a job added disabled (no next run).
+    store
+        .upsert_recurring(daily("plain"), None, now)
+        .await
+        .unwrap();
+    let r = recurring(&store, "plain").await;
+    assert_eq!(r.misfire, Misfire::FireOnce);
+    assert_eq!(r.job, daily("plain").job);
+    assert_eq!(r.job.retry, RetryPolicy::default());
+    assert_eq!(r.job.timeout, None);
+    assert_eq!(r.next_run, None);
+    assert!(store.recurring("missing").await.unwrap().is_none());
+}
+
+/// Declaring the same schedule again keeps the occurrence waited for (a deploy misses
+/// nothing); a new cron expression or time zone, or a disabled job, takes the given one. The
+/// template is always replaced, the last error cleared; `updated_at` moves only when the
+/// definition changed.
+pub async fn recurring_upsert_keeps_next_run_unless_the_schedule_changed(store: Arc<dyn Storage>) {
+    let now = t0();
+    let n1 = next_3am(now);
+    store
+        .upsert_recurring(daily("r"), Some(n1), now)
+        .await
+        .unwrap();
+
+    // Same schedule, new arguments, another proposed next run: the next run stays.
+    let mut def = daily("r");
+    def.job.args = r#"{"format":"csv"}"#.to_owned();
+    store
+        .upsert_recurring(def.clone(), Some(n1 + secs(3600)), now + secs(10))
+        .await
+        .unwrap();
+    let r = recurring(&store, "r").await;
+    assert_eq!(r.next_run, Some(n1), "same schedule: the next run is kept");
+    assert_eq!(r.job.args, r#"{"format":"csv"}"#);
+    assert_eq!(r.created_at, now);
+    assert_eq!(r.updated_at, now + secs(10));
+
+    // The very same definition again: nothing changed, not even updated_at.
+    store
+        .upsert_recurring(def.clone(), Some(n1 + secs(7200)), now + secs(20))
+        .await
+        .unwrap();
+    let r = recurring(&store, "r").await;
+    assert_eq!(r.next_run, Some(n1));
+    assert_eq!(
+        r.updated_at,
+        now + secs(10),
+        "an identical definition is no change"
+    );
+
+    // Another cron expression: the given next run.
+    let hourly = CronSchedule::parse("0 * * * *", "UTC").unwrap();
+    let n2 = hourly.next_after(now).unwrap();
+    let mut changed = def.clone();
+    changed.schedule = hourly;
+    store
+        .upsert_recurring(changed.clone(), Some(n2), now + secs(30))
+        .await
+        .unwrap();
+    let r = recurring(&store, "r").await;
+    assert_eq!(r.cron, "0 * * * *");
+    assert_eq!(r.next_run, Some(n2), "new cron: the given next run");
+    assert_eq!(r.updated_at, now + secs(30));
+
+    // Same expression in another time zone: the given next run.
+    let tokyo = CronSchedule::parse("0 * * * *", "Asia/Tokyo").unwrap();
+    let n3 = n2 + secs(60);
+    changed.schedule = tokyo;
+    store
+        .upsert_recurring(changed.clone(), Some(n3), now + secs(40))
+        .await
+        .unwrap();
+    let r = recurring(&store, "r").await;
+    assert_eq!(r.time_zone, "Asia/Tokyo");
+    assert_eq!(r.next_run, Some(n3), "new time zone: the given next run");
+
+    // Disabled by a firing (no next occurrence) with an error: an upsert of the same schedule
+    // takes the given next run and clears the error.
+    let mut f = plan(&store, "r", n3).await;
+    f.jobs.clear();
+    f.next_run = None;
+    f.error = Some("no server knows the job type report".to_owned());
+    assert!(store.fire_recurring(f).await.unwrap());
+    let r = recurring(&store, "r").await;
+    assert_eq!(r.next_run, None);
+    assert!(r.last_error.is_some());
+    let n4 = n3 + secs(3600);
+    store
+        .upsert_recurring(changed, Some(n4), n3 + secs(1))
+        .await
+        .unwrap();
+    let r = recurring(&store, "r").await;
+    assert_eq!(
+        r.next_run,
+        Some(n4),
+        "a disabled job takes the given next run"
+    );
+    assert_eq!(r.last_error, None, "an upsert clears the last error");
+}
+
+/// An upsert keeps a paused job paused, and keeps its last run and last job.
+pub async fn recurring_upsert_keeps_paused_and_last_run(store: Arc<dyn Storage>) {
+    let now = t0();
+    let n1 = next_3am(now);
+    store
+        .upsert_recurring(daily("r"), Some(n1), now)
+        .await
+        .unwrap();
+    let fired_at = n1 + secs(1);
+    let f = plan(&store, "r", fired_at).await;
+    let job = f.jobs[0].id;
+    assert!(store.fire_recurring(f).await.unwrap());
+    assert!(
+        store
+            .set_recurring_paused("r", true, None, fired_at)
+            .await
+            .unwrap()
+    );
+    store
+        .upsert_recurring(daily("r"), Some(n1 + secs(86400 * 2)), fired_at + secs(5))
+        .await
+        .unwrap();
+    let r = recurring(&store, "r").await;
+    assert!(r.paused, "an upsert does not resume a paused job");
+    assert_eq!(r.last_job, Some(job));
+    assert_eq!(r.last_run, Some(fired_at));
+    assert_eq!(r.next_run, Some(n1 + secs(86400)));
+}
+
+/// Recurring jobs are listed by id.
+pub async fn recurring_list_is_ordered_by_id(store: Arc<dyn Storage>) {
+    let now = t0();
+    assert!(store.list_recurring().await.unwrap().is_empty());
+    for id in ["b", "a", "c-2", "c-10", "B"] {
+        store
+            .upsert_recurring(daily(id), Some(next_3am(now)), now)
+            .await
+            .unwrap();
+    }
+    let ids: Vec<String> = store
+        .list_recurring()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["B", "a", "b", "c-10", "c-2"]);
+}
+
+/// A removed recurring job is gone; the jobs it created stay. Removing an unknown id is false.
+pub async fn recurring_remove(store: Arc<dyn Storage>) {
+    let now = t0();
+    let n1 = next_3am(now);
+    store
+        .upsert_recurring(daily("r"), Some(n1), now)
+        .await
+        .unwrap();
+    store
+        .upsert_recurring(daily("other"), Some(n1), now)
+        .await
+        .unwrap();
+    let f = plan(&store, "r", n1).await;
+    let job = f.jobs[0].id;
+    assert!(store.fire_recurring(f).await.unwrap());
+
+    assert!(store.remove_recurring("r").await.unwrap());
+    assert!(store.recurring("r").await.unwrap().is_none());
+    let ids: Vec<String> = store
+        .list_recurring()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["other"]);
+    assert_eq!(
+        state(&store, job).await,
+        JobState::Enqueued,
+        "its jobs stay"
+    );
+    assert!(!store.remove_recurring("r").await.unwrap());
+    assert!(!store.remove_recurring("unknown").await.unwrap());
+    // Triggering a removed job fails.
+    assert!(matches!(
+        store.trigger_recurring("r", now).await,
+        Err(Error::RecurringNotFound(id)) if id == "r"
+    ));
+}
+
+/// A paused job keeps its next run but does not fire; resuming takes the given next run.
+pub async fn recurring_pause_and_resume(store: Arc<dyn Storage>) {
+    let now = t0();
+    let n1 = next_3am(now);
+    store
+        .upsert_recurring(daily("r"), Some(n1), now)
+        .await
+        .unwrap();
+    // A server planned the firing just before a person paused the job.
+    let f = plan(&store, "r", n1).await;
+    assert!(
+        store
+            .set_recurring_paused("r", true, None, now)
+            .await
+            .unwrap()
+    );
+    let r = recurring(&store, "r").await;
+    assert!(r.paused);
+    assert_eq!(
+        r.next_run,
+        Some(n1),
+        "a paused job keeps its next run for display"
+    );
+    assert!(
+        plan_firing(&r, n1 + secs(1), Misfire::DEFAULT_GRACE)
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        !store.fire_recurring(f).await.unwrap(),
+        "a paused job does not fire"
+    );
+    assert_eq!(count_jobs(&store).await, 0);
+    assert_eq!(recurring(&store, "r").await.last_job, None);
+
+    // Resumed two days later: the occurrences meanwhile are not fired.
+    let later = n1 + secs(2 * 86400 + 60);
+    let n2 = next_3am(later);
+    assert!(
+        store
+            .set_recurring_paused("r", false, Some(n2), later)
+            .await
+            .unwrap()
+    );
+    let r = recurring(&store, "r").await;
+    assert!(!r.paused);
+    assert_eq!(r.next_run, Some(n2), "resume takes the given next run");
+    let f = plan(&store, "r", n2).await;
+    assert!(store.fire_recurring(f).await.unwrap());
+    assert_eq!(count_jobs(&store).await, 1);
+
+    assert!(
+        !store
+            .set_recurring_paused("unknown", true, None, now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_recurring_paused("unknown", false, Some(n1), now)
+            .await
+            .unwrap()
+    );
+}
+
+/// A firing creates its jobs exactly as enqueue does (enqueued, in their queue, with
+/// history) and records the last job, the last run and the next run.
+pub async fn recurring_fire_creates_the_jobs(store: Arc<dyn Storage>) {
+    let now = t0();
+    let n1 = next_3am(now);
+    let mut def = daily("r");
+    def.job.queue = "reports".to_owned();
+    def.job.priority = 3;
+    store
+        .upsert_recurring(def.clone(), Some(n1), now)
+        .await
+        .unwrap();
+    let fired_at = n1 + secs(2);
+    let mut f = plan(&store, "r", fired_at).await;
+    assert_eq!(f.expected_next_run, n1);
+    assert_eq!(f.next_run, Some(n1 + secs(86400)));
+    // Three jobs, as a FireEach policy would plan after missed occurrences.
+    f.jobs = (0..3).map(|_| def.job.instantiate()).collect();
+    let ids: Vec<JobId> = f.jobs.iter().map(|j| j.id).collect();
+    assert!(store.fire_recurring(f).await.unwrap());
+
+    for id in &ids {
+        let d = details(&store, *id).await;
+        assert_eq!(d.job.state, JobState::Enqueued);
+        assert_eq!(d.job.name, "report");
+        assert_eq!(d.job.queue, "reports");
+        assert_eq!(d.job.priority, 3);
+        assert_eq!(d.job.args, r#"{"format":"pdf"}"#);
+        assert_eq!(d.job.created_at, fired_at);
+        assert_eq!(states(&d.history), [JobState::Enqueued]);
+        assert_eq!(d.history[0].at, fired_at);
+    }
+    let r = recurring(&store, "r").await;
+    assert_eq!(r.last_job, ids.last().copied(), "the last job created");
+    assert_eq!(r.last_run, Some(fired_at));
+    assert_eq!(r.next_run, Some(n1 + secs(86400)));
+    assert_eq!(r.last_error, None);
+    // They are in their queue, in order.
+    let got = fetch(&store, &server("w"), &["reports"], 10, fired_at).await;
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), ids);
+}
+
+/// A firing with no jobs (missed occurrences skipped) moves the next run and leaves the last
+/// job and last run alone.
+pub async fn recurring_fire_without_jobs_moves_next_run_only(store: Arc<dyn Storage>) {
+    let now = t0();
+    let n1 = next_3am(now);
+    let mut def = daily("r");
+    def.misfire = Misfire::Skip;
+    store.upsert_recurring(def, Some(n1), now).await.unwrap();
+    let triggered = store.trigger_recurring("r", now).await.unwrap();
+    // No server ran for three days: the skip policy creates nothing.
+    let late = n1 + secs(3 * 86400 + 3600);
+    let f = plan(&store, "r", late).await;
+    assert!(f.jobs.is_empty());
+    let next = f.next_run;
+    assert_eq!(next, Some(n1 + secs(4 * 86400)));
+    assert!(store.fire_recurring(f).await.unwrap());
+    let r = recurring(&store, "r").await;
+    assert_eq!(r.next_run, next);
+    assert_eq!(r.last_job, Some(triggered));
+    assert_eq!(r.last_run, Some(now));
+    assert_eq!(r.last_error, None);
+    assert_eq!(count_jobs(&store).await, 1);
+}
+
+/// A firing that carries an error records it (and creates nothing); the next firing without
+/// one clears it.
+pub async fn recurring_fire_records_an_error(store: Arc<dyn Storage>) {
+    let now = t0();
+    let n1 = next_3am(now);
+    store
+        .upsert_recurring(daily("r"), Some(n1), now)
+        .await
+        .unwrap();
+    let mut f = plan(&store, "r", n1).await;
+    f.jobs.clear();
+    f.error = Some("no server registers the job type \"report\"".to_owned());
+    let next = f.next_run;
+    assert!(store.fire_recurring(f).await.unwrap());
+    let r = recurring(&store, "r").await;
+    assert_eq!(
+        r.last_error.as_deref(),
+        Some("no server registers the job type \"report\"")
+    );
+    assert_eq!(r.next_run, next, "the schedule moves on");
+    assert_eq!(r.last_job, None);
+    assert_eq!(r.last_run, None);
+    assert_eq!(count_jobs(&store).await, 0);
+
+    let f = plan(&store, "r", next.unwrap()).await;
+    let job = f.jobs[0].id;
+    assert!(store.fire_recurring(f).await.unwrap());
+    let r = recurring(&store, "r").await;
+    assert_eq!(r.last_error, None);
+    assert_eq!(r.last_job, Some(job));
+}
+
+/// The same occurrence fired twice applies once and creates its jobs once; a firing of an
+/// occurrence the job no longer waits for, or of an unknown job, does nothing.
+pub async fn recurring_fire_applies_once(store: Arc<dyn Storage>) {
+    let now = t0();
+    let n1 = next_3am(now);
+    store
+        .upsert_recurring(daily("r"), Some(n1), now)
+        .await
+        .unwrap();
+    let first = plan(&store, "r", n1).await;
+    let second = plan(&store, "r", n1 + secs(1)).await;
+    let winner = first.jobs[0].id;
+    let loser = second.jobs[0].id;
+    assert!(store.fire_recurring(first.clone()).await.unwrap());
+    assert!(!store.fire_recurring(second).await.unwrap());
+    assert!(
+        !store.fire_recurring(first).await.unwrap(),
+        "the very same firing again"
+    );
+    assert_eq!(count_jobs(&store).await, 1);
+    assert!(store.job(loser).await.unwrap().is_none());
+    let r = recurring(&store, "r").await;
+    assert_eq!(r.last_job, Some(winner));
+    assert_eq!(r.last_run, Some(n1));
+
+    let mut unknown = plan(&store, "r", n1 + secs(86400)).await;
+    unknown.id = "unknown".to_owned();
+    assert!(!store.fire_recurring(unknown).await.unwrap());
+    assert_eq!(count_jobs(&store).await, 1);
+}
+
+/// Eight servers firing the same occurrence at once: one applies, one job is created.
+pub async fn recurring_concurrent_firings_apply_once(store: Arc<dyn Storage>) {
+    const SERVERS: usize = 8;
+    let now = t0();
+    let n1 = next_3am(now);
+    store
+        .upsert_recurring(daily("r"), Some(n1), now)
+        .await
+        .unwrap();
+    for round in 0..5_i64 {
+        let due = n1 + secs(86400 * round);
+        let record = recurring(&store, "r").await;
+        assert_eq!(record.next_run, Some(due));
+        let barrier = Arc::new(tokio::sync::Barrier::new(SERVERS));
+        let mut tasks = Vec::new();
+        for s in 0..SERVERS {
+            let store = Arc::clone(&store);
+            let barrier = Arc::clone(&barrier);
+            let f = plan_firing(
+                &record,
+                due + secs(i64::try_from(s).unwrap()),
+                Misfire::DEFAULT_GRACE,
+            )
+            .unwrap()
+            .unwrap();
+            tasks.push(tokio::spawn(async move {
+                let job = f.jobs[0].id;
+                barrier.wait().await;
+                (store.fire_recurring(f).await.unwrap(), job)
+            }));
+        }
+        let mut winners = Vec::new();
+        for t in tasks {
+            let (applied, job) = t.await.unwrap();
+            if applied {
+                winners.push(job);
+            }
+        }
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: {} firings applied",
+            winners.len()
+        );
+        assert_eq!(
+            count_jobs(&store).await,
+            usize::try_from(round).unwrap() + 1
+        );
+        let r = recurring(&store, "r").await;
+        assert_eq!(r.last_job, Some(winners[0]));
+        assert_eq!(state(&store, winners[0]).await, JobState::Enqueued);
+    }
+}
+
+/// Triggering creates a job from the template now, records it, and leaves the schedule alone;
+/// an unknown id fails with `RecurringNotFound`.
+pub async fn recurring_trigger(store: Arc<dyn Storage>) {
+    let now = t0();
+    let n1 = next_3am(now);
+    let mut def = daily("r");
+    def.job.queue = "reports".to_owned();
+    store.upsert_recurring(def, Some(n1), now).await.unwrap();
+    let at = now + secs(5);
+    let id = store.trigger_recurring("r", at).await.unwrap();
+    let d = details(&store, id).await;
+    assert_eq!(d.job.state, JobState::Enqueued);
+    assert_eq!(d.job.name, "report");
+    assert_eq!(d.job.queue, "reports");
+    assert_eq!(d.job.args, r#"{"format":"pdf"}"#);
+    assert_eq!(states(&d.history), [JobState::Enqueued]);
+    let r = recurring(&store, "r").await;
+    assert_eq!(r.last_job, Some(id));
+    assert_eq!(r.last_run, Some(at));
+    assert_eq!(r.next_run, Some(n1), "a trigger does not move the schedule");
+    assert_eq!(r.updated_at, now);
+    let got = fetch(&store, &server("w"), &["reports"], 10, at).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, id);
+
+    match store.trigger_recurring("unknown", at).await {
+        Err(Error::RecurringNotFound(missing)) => assert_eq!(missing, "unknown"),
+        other => panic!("trigger of an unknown id answered {other:?}"),
+    }
+    assert_eq!(count_jobs(&store).await, 1);
+}
+
+/// Adding, resuming and removing a recurring job wake the recurring schedulers.
+pub async fn signal_recurring_changed(store: Arc<dyn Storage>) {
+    let mut rx = store.subscribe();
+    let now = t0();
+    store
+        .upsert_recurring(daily("r"), Some(next_3am(now)), now)
+        .await
+        .unwrap();
+    expect_signal(&mut rx, "RecurringChanged after upsert", |s| {
+        *s == Signal::RecurringChanged
+    })
+    .await;
+    store
+        .set_recurring_paused("r", true, None, now)
+        .await
+        .unwrap();
+    store
+        .set_recurring_paused("r", false, Some(next_3am(now)), now)
+        .await
+        .unwrap();
+    expect_signal(&mut rx, "RecurringChanged after resume", |s| {
+        *s == Signal::RecurringChanged
+    })
+    .await;
+    assert!(store.remove_recurring("r").await.unwrap());
+    expect_signal(&mut rx, "RecurringChanged after remove", |s| {
+        *s == Signal::RecurringChanged
+    })
+    .await;
 }
