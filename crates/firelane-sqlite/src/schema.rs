@@ -254,6 +254,47 @@ mod tests {
         Ok(())
     }
 
+    /// A database that received only version 1 (as Firelane 0.1 made them) gets version 2,
+    /// and its rows stay.
+    #[tokio::test]
+    async fn a_version_1_database_is_migrated() -> Result<(), Box<dyn std::error::Error>> {
+        let mut conn = SqliteConnectOptions::new()
+            .in_memory(true)
+            .connect()
+            .await?;
+        sqlx::raw_sql(BOOTSTRAP).execute(&mut conn).await?;
+        sqlx::query("INSERT INTO firelane_meta (key, value) VALUES (?, ?)")
+            .bind(MARK_KEY)
+            .bind(MARK_VALUE)
+            .execute(&mut conn)
+            .await?;
+        let v1 = &MIGRATIONS[0];
+        assert_eq!(v1.version, 1);
+        sqlx::raw_sql(v1.sql).execute(&mut conn).await?;
+        sqlx::query(
+            "INSERT INTO firelane_schema (version, description, applied_at) VALUES (1, ?, 0)",
+        )
+        .bind(v1.description)
+        .execute(&mut conn)
+        .await?;
+        sqlx::query("INSERT INTO servers (id, info, last_heartbeat) VALUES ('s', '{}', 0)")
+            .execute(&mut conn)
+            .await?;
+
+        let applied = migrate(&mut conn).await.map_err(|e| format!("{e:?}"))?;
+        assert_eq!(applied, vec![2]);
+        assert_eq!(version(&mut conn).await?, 2);
+        let recurring: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM recurring")
+            .fetch_one(&mut conn)
+            .await?;
+        assert_eq!(recurring, 0);
+        let servers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM servers")
+            .fetch_one(&mut conn)
+            .await?;
+        assert_eq!(servers, 1);
+        Ok(())
+    }
+
     #[test]
     fn migrations_are_numbered_in_order() {
         let versions: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
