@@ -48,6 +48,9 @@
 //! - **A hot queue table.** Enqueued jobs have a row in a small `queue` table, indexed by
 //!   queue, priority and arrival; fetch reads and deletes there, so finished jobs piling up in
 //!   `jobs` do not slow it down.
+//! - **Recurring jobs** live in a `recurring` table. Firing an occurrence is a compare-and-set
+//!   on the occurrence the job waits for, in the same transaction as the enqueue of its jobs,
+//!   so that each occurrence fires once across servers and processes.
 //! - **Wake-ups in process only.** After a commit the store sends [`firelane_core::Signal`]s on
 //!   a broadcast channel. Another process on the same file is not told; its servers poll.
 //! - **Times** are stored as microseconds since the Unix epoch (UTC): finer parts of a
