@@ -3242,9 +3242,29 @@ pub async fn recurring_pause_and_resume(store: Arc<dyn Storage>) {
     let r = recurring(&store, "r").await;
     assert!(!r.paused);
     assert_eq!(r.next_run, Some(n2), "resume takes the given next run");
-    let f = plan(&store, "r", n2).await;
+    // Resuming a job that is not paused does not move its schedule (a due occurrence would be
+    // skipped).
+    assert!(
+        store
+            .set_recurring_paused("r", false, Some(n2 + secs(86400)), later)
+            .await
+            .unwrap()
+    );
+    assert_eq!(recurring(&store, "r").await.next_run, Some(n2));
+    let mut f = plan(&store, "r", n2).await;
+    f.next_run = None;
+    f.error = Some("disabled".to_owned());
     assert!(store.fire_recurring(f).await.unwrap());
     assert_eq!(count_jobs(&store).await, 1);
+    // A disabled job (no next run) that is resumed takes the given next run.
+    let n3 = n2 + secs(86400);
+    assert!(
+        store
+            .set_recurring_paused("r", false, Some(n3), n2)
+            .await
+            .unwrap()
+    );
+    assert_eq!(recurring(&store, "r").await.next_run, Some(n3));
 
     assert!(
         !store

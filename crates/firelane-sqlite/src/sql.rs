@@ -201,10 +201,11 @@ pub(crate) const RECURRING_DELETE: &str = "DELETE FROM recurring WHERE id = ? RE
 pub(crate) const RECURRING_PAUSE: &str =
     "UPDATE recurring SET paused = 1 WHERE id = ? RETURNING id";
 
-/// Resumes a recurring job to wait for `?2`; a job that was not paused keeps its `next_run`
-/// (so that resuming a running schedule cannot skip an occurrence that is due).
-pub(crate) const RECURRING_RESUME: &str =
-    "UPDATE recurring SET next_run = CASE WHEN paused THEN ?2 ELSE next_run END, paused = 0
+/// Resumes a recurring job to wait for `?2`. A paused or disabled (`next_run` NULL) job takes
+/// it; a job that runs on schedule keeps its `next_run`, so that resuming it cannot skip an
+/// occurrence that is due.
+pub(crate) const RECURRING_RESUME: &str = "UPDATE recurring
+         SET next_run = CASE WHEN paused OR next_run IS NULL THEN ?2 ELSE next_run END, paused = 0
          WHERE id = ?1 RETURNING id";
 
 /// A firing's compare-and-set: applies only while the job is not paused and waits for `?2`.
