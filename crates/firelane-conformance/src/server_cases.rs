@@ -1263,23 +1263,18 @@ pub async fn recurring_that_cannot_load_is_disabled_and_others_fire(store: Arc<d
     assert!(stale.last_error.unwrap_or_default().contains("user_id"));
     assert_eq!(stale.next_run, None);
     assert!(jobs_named(&client, "removed_job_type").await.is_empty());
-    // Resumed while its arguments are still stale, it is disabled again at its next
-    // occurrence, and the error stays visible.
+    // Resumed while no server runs, it waits for its next occurrence again; once a server
+    // runs, its still stale arguments disable it again, and the error stays visible.
+    server.shutdown().await.unwrap();
     client.resume_recurring("stale-args").await.unwrap();
+    let resumed = client.recurring_job("stale-args").await.unwrap().record;
+    assert!(resumed.next_run.is_some(), "resume sets the next run");
+    let server = builder(&store, &probe).start().await.unwrap();
     eventually("the stale job to be disabled again", WAIT, || async {
         let r = client.recurring_job("stale-args").await.unwrap().record;
         (r.next_run.is_none() && r.last_error.is_some() && r.last_job.is_none()).then_some(())
     })
     .await;
-    assert!(
-        client
-            .recurring_job("stale-args")
-            .await
-            .unwrap()
-            .record
-            .next_run
-            .is_some()
-    );
     server.shutdown().await.unwrap();
 }
 
