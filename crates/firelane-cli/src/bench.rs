@@ -21,6 +21,8 @@ pub(crate) enum Scenario {
     Drain,
     /// One job at a time: from just before the enqueue call to the handler's start.
     Latency,
+    /// A server with nothing to do, for `--seconds`: its share of one core and its memory.
+    Idle,
 }
 
 #[derive(Debug, Args)]
@@ -40,6 +42,9 @@ pub(crate) struct BenchArgs {
     /// Jobs scheduled for much later, created before measuring (to show they cost nothing).
     #[arg(long, default_value_t = 0)]
     scheduled: usize,
+    /// How long to watch an idle server (idle).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
 }
 
 /// The one JSON line a run prints.
@@ -55,6 +60,8 @@ struct Report {
     p99_ms: Option<f64>,
     max_ms: Option<f64>,
     rss_mb: Option<f64>,
+    /// Idle only: CPU time used per wall-clock time, in percent of one core.
+    cpu_pct: Option<f64>,
 }
 
 /// The no-op job the drain runs.
@@ -156,6 +163,26 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// Resident memory of this process now, from /proc (Linux).
+fn current_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// User plus system CPU time of this process, from /proc (Linux).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces; the fields after it are space-separated.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // Clock ticks; 100 per second on Linux.
+    Some((utime + stime) / 100.0)
+}
+
 async fn enqueue_all(client: &Client, jobs: usize) -> CliResult<f64> {
     const BATCH: usize = 1000;
     let bar = progress(jobs as u64, "enqueue");
@@ -224,6 +251,7 @@ pub(crate) async fn run(url: &str, args: BenchArgs) -> CliResult<ExitCode> {
         p99_ms: None,
         max_ms: None,
         rss_mb: None,
+        cpu_pct: None,
     };
     match args.scenario {
         Scenario::Enqueue => {
@@ -274,6 +302,22 @@ pub(crate) async fn run(url: &str, args: BenchArgs) -> CliResult<ExitCode> {
             }
             report.drain_per_s = Some(args.jobs as f64 / elapsed.as_secs_f64());
         }
+        Scenario::Idle => {
+            let server = Server::builder(Arc::clone(&storage))
+                .register(BenchNoop)
+                .workers(args.concurrency)
+                .start()
+                .await?;
+            // Let start-up work (migrations, first heartbeat, first recovery pass) pass.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let cpu_before = process_cpu_seconds();
+            let wall = Instant::now();
+            tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+            let cpu = process_cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
+            report.cpu_pct = cpu.map(|c| 100.0 * c / wall.elapsed().as_secs_f64());
+            report.rss_mb = current_rss_mb();
+            server.shutdown().await?;
+        }
         Scenario::Latency => {
             let (tx, mut rx) = mpsc::unbounded_channel();
             let server = Server::builder(Arc::clone(&storage))
@@ -306,7 +350,9 @@ pub(crate) async fn run(url: &str, args: BenchArgs) -> CliResult<ExitCode> {
             report.max_ms = samples.last().copied();
         }
     }
-    report.rss_mb = peak_rss_mb();
+    if args.scenario != Scenario::Idle {
+        report.rss_mb = peak_rss_mb();
+    }
     let line = serde_json::to_string(&report).map_err(|e| CliError::new(e.to_string()))?;
     println!("{line}");
     drop(client);
