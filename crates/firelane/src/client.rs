@@ -131,11 +131,7 @@ impl Client {
 
     /// Deletes a job. A processing job is told through its cancellation token.
     pub async fn delete(&self, id: JobId) -> Result<()> {
-        let change = self
-            .storage
-            .delete(&[id], "deleted by a person", Utc::now())
-            .await?;
-        single_change(id, change, "delete")
+        single_change(id, self.delete_many(&[id]).await?, "delete")
     }
 
     /// Deletes many jobs; says for each what happened.
@@ -147,11 +143,7 @@ impl Client {
 
     /// Enqueues a job again: a scheduled one now, a finished one with fresh retries.
     pub async fn requeue(&self, id: JobId) -> Result<()> {
-        let change = self
-            .storage
-            .requeue(&[id], "requeued by a person", Utc::now())
-            .await?;
-        single_change(id, change, "requeue")
+        single_change(id, self.requeue_many(&[id]).await?, "requeue")
     }
 
     /// Requeues many jobs; says for each what happened.
