@@ -52,6 +52,9 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// The name of the runtime's threads, where jobs run.
+const WORKER_THREAD: &str = "firelane-worker";
+
 /// An error for the person at the terminal: what went wrong and what to do.
 #[derive(Debug)]
 pub(crate) struct CliError(String);
@@ -85,7 +88,20 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // A job's panic is recorded as its failed attempt (with the message) and logged by the
+    // server; the default hook would also print it over the demo's display. Panics elsewhere
+    // keep the default report.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let on_worker = std::thread::current().name() == Some(WORKER_THREAD);
+        if on_worker {
+            tracing::debug!(%info, "panic in a job (recorded as its failed attempt)");
+        } else {
+            default_hook(info);
+        }
+    }));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_name(WORKER_THREAD)
         .enable_all()
         .build()
     {
