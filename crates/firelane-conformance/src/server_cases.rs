@@ -1246,13 +1246,27 @@ pub async fn recurring_that_cannot_load_is_disabled_and_others_fire(store: Arc<d
         )
         .await
         .unwrap();
-    let server = builder(&store, &probe).start().await.unwrap();
+    // A job type missing from every server counts as removed once that lasted longer than a
+    // silent server is given (here 300 ms): a deploy's restart does not disable it.
+    let server = builder(&store, &probe)
+        .dead_after(Duration::from_millis(300))
+        .start()
+        .await
+        .unwrap();
     let client = Client::new(Arc::clone(&store));
     eventually("the live recurring job to fire twice", WAIT, || async {
         (probe.runs("alive") >= 2).then_some(())
     })
     .await;
-    let gone = client.recurring_job("gone").await.unwrap().record;
+    let gone = eventually(
+        "the removed job type's recurring job to be disabled",
+        WAIT,
+        || async {
+            let r = client.recurring_job("gone").await.unwrap().record;
+            r.next_run.is_none().then_some(r)
+        },
+    )
+    .await;
     let error = gone.last_error.unwrap_or_default();
     assert!(
         error.contains("no running server registers job `removed_job_type`"),
@@ -1269,7 +1283,11 @@ pub async fn recurring_that_cannot_load_is_disabled_and_others_fire(store: Arc<d
     client.resume_recurring("stale-args").await.unwrap();
     let resumed = client.recurring_job("stale-args").await.unwrap().record;
     assert!(resumed.next_run.is_some(), "resume sets the next run");
-    let server = builder(&store, &probe).start().await.unwrap();
+    let server = builder(&store, &probe)
+        .dead_after(Duration::from_millis(300))
+        .start()
+        .await
+        .unwrap();
     eventually("the stale job to be disabled again", WAIT, || async {
         let r = client.recurring_job("stale-args").await.unwrap().record;
         (r.next_run.is_none() && r.last_error.is_some() && r.last_job.is_none()).then_some(())
@@ -1442,6 +1460,67 @@ pub async fn recurring_client_api(store: Arc<dyn Storage>) {
     server.shutdown().await.unwrap();
 }
 
+/// A running job requeued by a person and fetched again by the same server: the old run is
+/// told to stop, the new run keeps its lease through heartbeats, and the job runs exactly twice
+/// (the old run's late outcome changes nothing).
+pub async fn requeued_running_job_on_the_same_server_runs_twice(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe)
+        .lease(Duration::from_millis(400))
+        .heartbeat_interval(Duration::from_millis(100))
+        .watchdog_interval(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(Arc::clone(&store));
+    // Ignores cancellation and outlives several leases.
+    let id = client
+        .enqueue(act(Act::IgnoreCancel("long".into(), 1500)))
+        .await
+        .unwrap();
+    wait_state(&client, id, JobState::Processing).await;
+    // Late in the first run, so that the second outlives it by more than a lease.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    client.requeue(id).await.unwrap();
+    let d = wait_state(&client, id, JobState::Succeeded).await;
+    assert_eq!(probe.started.load(Ordering::SeqCst), 2, "exactly two runs");
+    let lapses = d
+        .history
+        .iter()
+        .filter(|h| h.reason.as_deref().unwrap_or_default().contains("lapsed"))
+        .count();
+    assert_eq!(lapses, 0, "no lease lapsed: {:#?}", d.history);
+    server.shutdown().await.unwrap();
+}
+
+/// Absurd durations are refused with an error, not a panic: a delay past the end of time, a
+/// snooze of `Duration::MAX` (runs "never", the job waits scheduled), builder settings over a
+/// year.
+pub async fn absurd_durations_are_errors_not_panics(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let client = Client::new(Arc::clone(&store));
+    let err = client
+        .schedule(act(Act::Succeed("x".into())), Duration::MAX)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("too long"), "{err}");
+    let err = builder(&store, &probe)
+        .poll_interval(Duration::MAX)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("poll interval"), "{err}");
+    let server = builder(&store, &probe).start().await.unwrap();
+    let id = client
+        .enqueue(act(Act::SnoozeOnce("forever".into(), u64::MAX)))
+        .await
+        .unwrap();
+    let d = wait_state(&client, id, JobState::Scheduled).await;
+    assert!(d.job.due_at.unwrap() > Utc::now() + chrono::Duration::days(365 * 1000));
+    assert_eq!(server.loop_restarts(), 0);
+    server.shutdown().await.unwrap();
+}
+
 /// Generates one test per server case for a store factory.
 #[macro_export]
 macro_rules! server_suite {
@@ -1479,6 +1558,8 @@ macro_rules! server_suite {
             recurring_that_cannot_load_is_disabled_and_others_fire,
             recurring_declared_at_server_start,
             recurring_client_api,
+            requeued_running_job_on_the_same_server_runs_twice,
+            absurd_durations_are_errors_not_panics,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

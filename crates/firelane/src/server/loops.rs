@@ -11,7 +11,9 @@ use tokio::task::JoinHandle;
 
 use super::{Shared, runner};
 use crate::job::CancelReason;
-use crate::{Completion, CompletionStatus, FetchRequest, Heartbeat, JobId, JobState, Signal};
+use crate::{
+    Completion, CompletionStatus, FetchRequest, Heartbeat, JobId, JobState, LeaseId, Signal,
+};
 
 /// Runs `body` in its own task and starts it again after a panic, until the server stops.
 pub(super) fn supervise<F, Fut>(name: &'static str, shared: &Arc<Shared>, body: F) -> JoinHandle<()>
@@ -63,17 +65,14 @@ impl Backoff {
     }
 }
 
-fn to_chrono(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
-
 fn until(at: DateTime<Utc>) -> Duration {
     (at - Utc::now()).to_std().unwrap_or(Duration::ZERO)
 }
 
-/// Cancels a running job that lost its lease, saying why.
-fn revoke(shared: &Shared, id: JobId, state: JobState) {
-    if let Some(job) = shared.running().get(&id) {
+/// Cancels the run that held `lease` on a job, saying why; a newer run of the same job (with
+/// another lease) is left alone.
+fn revoke(shared: &Shared, id: JobId, lease: LeaseId, state: JobState) {
+    if let Some(job) = shared.running().get(&id).filter(|j| j.lease == lease) {
         let reason = match state {
             JobState::Deleted => CancelReason::Deleted,
             JobState::Enqueued | JobState::Scheduled => CancelReason::Requeued,
@@ -87,6 +86,11 @@ fn revoke(shared: &Shared, id: JobId, state: JobState) {
             "running job lost its lease; cancelling it"
         );
         job.cancellation.cancel(reason);
+    }
+    let mut unwritten = shared.unwritten();
+    if unwritten.get(&id) == Some(&lease) {
+        // Its outcome will be stale: stop extending the lease.
+        unwritten.remove(&id);
     }
 }
 
@@ -109,13 +113,20 @@ pub(super) async fn signals(shared: Arc<Shared>) {
                     shared.schedule_wakeup.notify_one();
                 }
             }
-            Ok(Signal::Revoked { id, state }) => revoke(&shared, id, state),
+            // Which run lost its lease is for the heartbeat to say: it asks about the exact
+            // leases this server holds. Ask now.
+            Ok(Signal::Revoked { id, .. }) => {
+                if shared.running().contains_key(&id) {
+                    shared.heartbeat_wakeup.notify_one();
+                }
+            }
             Ok(Signal::RecurringChanged) => shared.recurring_wakeup.notify_one(),
             Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 shared.fetch_wakeup.notify_one();
                 shared.schedule_wakeup.notify_one();
                 shared.recurring_wakeup.notify_one();
+                shared.heartbeat_wakeup.notify_one();
             }
             Err(broadcast::error::RecvError::Closed) => {
                 shared.stop.cancelled().await;
@@ -193,6 +204,8 @@ pub(super) async fn fetcher(shared: Arc<Shared>) {
 pub(super) async fn completer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Completion>) {
     let limit = shared.config.completion_batch;
     let mut batch: Vec<Completion> = Vec::new();
+    // When shutdown began to wait on a failing store: one deadline for the whole shutdown.
+    let mut closing_since = None;
     loop {
         if batch.is_empty() {
             tokio::select! {
@@ -217,13 +230,20 @@ pub(super) async fn completer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Comple
                 Err(_) => break,
             }
         }
-        flush(&shared, &mut batch).await;
+        flush(&shared, &mut batch, &mut closing_since).await;
     }
 }
 
-async fn flush(shared: &Shared, batch: &mut Vec<Completion>) {
+async fn flush(
+    shared: &Shared,
+    batch: &mut Vec<Completion>,
+    closing_since: &mut Option<std::time::Instant>,
+) {
+    // After this many failures in a row a batch is written one completion at a time, so that
+    // one completion the store refuses (a corrupt row) cannot hold back the others.
+    const SPLIT_AFTER: u32 = 5;
     let mut backoff = Backoff::new();
-    let mut closing_since = None;
+    let mut failures = 0;
     loop {
         match shared.storage.complete(batch.clone()).await {
             Ok(statuses) => {
@@ -237,6 +257,7 @@ async fn flush(shared: &Shared, batch: &mut Vec<Completion>) {
                 return;
             }
             Err(e) => {
+                failures += 1;
                 if shared.completer_close.is_cancelled() {
                     let since = *closing_since.get_or_insert_with(std::time::Instant::now);
                     if since.elapsed() > shared.config.lease {
@@ -246,12 +267,35 @@ async fn flush(shared: &Shared, batch: &mut Vec<Completion>) {
                         return;
                     }
                 }
+                if failures >= SPLIT_AFTER && batch.len() > 1 {
+                    tracing::warn!(error = %e, jobs = batch.len(), "writing job outcomes keeps failing; writing them one at a time");
+                    for c in std::mem::take(batch) {
+                        write_alone(shared, c).await;
+                    }
+                    return;
+                }
                 let wait = backoff.next();
                 tracing::warn!(error = %e, jobs = batch.len(), retry_in = ?wait, "writing job outcomes failed");
                 tokio::time::sleep(wait).await;
             }
         }
     }
+}
+
+/// Writes one completion, a few times at most; one the store keeps refusing is dropped (its
+/// lease then lapses and the job is recovered like a crashed one).
+async fn write_alone(shared: &Shared, completion: Completion) {
+    let mut backoff = Backoff::new();
+    for attempt in 1..=5 {
+        match shared.storage.complete(vec![completion.clone()]).await {
+            Ok(_) => break,
+            Err(e) if attempt == 5 => {
+                tracing::error!(job.id = %completion.id, error = %e, "the store refuses this job's outcome; it will be recovered when its lease lapses");
+            }
+            Err(_) => tokio::time::sleep(backoff.next()).await,
+        }
+    }
+    forget_unwritten(shared, std::slice::from_ref(&completion));
 }
 
 fn forget_unwritten(shared: &Shared, batch: &[Completion]) {
@@ -269,7 +313,7 @@ pub(super) async fn scheduler(shared: Arc<Shared>) {
     let mut backoff = Backoff::new();
     loop {
         let now = Utc::now();
-        let fallback = now + to_chrono(shared.config.poll_interval);
+        let fallback = crate::later(now, shared.config.poll_interval);
         let wake = match shared.storage.promote_due(now, LIMIT).await {
             Ok(p) if p.promoted >= LIMIT as u64 => continue,
             Ok(p) => {
@@ -279,7 +323,7 @@ pub(super) async fn scheduler(shared: Arc<Shared>) {
             Err(e) => {
                 let wait = backoff.next();
                 tracing::warn!(error = %e, retry_in = ?wait, "enqueueing due jobs failed");
-                now + to_chrono(wait)
+                crate::later(now, wait)
             }
         };
         shared
@@ -296,23 +340,28 @@ pub(super) async fn scheduler(shared: Arc<Shared>) {
 /// Tells the store this server is alive and extends the leases of its running jobs.
 pub(super) async fn heartbeat(shared: Arc<Shared>) {
     loop {
-        let mut running: Vec<_> = shared
+        // One lease per job: the newest run's, or the unwritten outcome's.
+        let mut held: std::collections::HashMap<JobId, LeaseId> = shared
             .running()
             .iter()
             .map(|(id, job)| (*id, job.lease))
             .collect();
-        running.extend(shared.unwritten().iter().map(|(id, lease)| (*id, *lease)));
+        for (id, lease) in shared.unwritten().iter() {
+            held.entry(*id).or_insert(*lease);
+        }
         let now = Utc::now();
         let beat = Heartbeat::new(
             shared.info.clone(),
             now,
-            running,
-            now + to_chrono(shared.config.lease),
+            held.iter().map(|(id, lease)| (*id, *lease)).collect(),
+            crate::later(now, shared.config.lease),
         );
         match shared.storage.heartbeat(beat).await {
             Ok(reply) => {
                 for (id, state) in reply.lost {
-                    revoke(&shared, id, state);
+                    if let Some(lease) = held.get(&id) {
+                        revoke(&shared, id, *lease, state);
+                    }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
@@ -320,6 +369,7 @@ pub(super) async fn heartbeat(shared: Arc<Shared>) {
         tokio::select! {
             () = shared.heartbeat_stop.cancelled() => return,
             () = tokio::time::sleep(shared.config.heartbeat) => {}
+            () = shared.heartbeat_wakeup.notified() => {}
         }
     }
 }
@@ -381,7 +431,7 @@ pub(super) async fn expiration(shared: Arc<Shared>) {
 pub(super) async fn recurring(shared: Arc<Shared>) {
     let mut backoff = Backoff::new();
     loop {
-        let fallback = Utc::now() + to_chrono(shared.config.poll_interval);
+        let fallback = crate::later(Utc::now(), shared.config.poll_interval);
         let wake = match fire_due_recurring(&shared, Utc::now()).await {
             Ok(next) => {
                 backoff.reset();
@@ -390,7 +440,7 @@ pub(super) async fn recurring(shared: Arc<Shared>) {
             Err(e) => {
                 let wait = backoff.next();
                 tracing::warn!(error = %e, retry_in = ?wait, "firing recurring jobs failed");
-                Utc::now() + to_chrono(wait)
+                crate::later(Utc::now(), wait)
             }
         };
         tokio::select! {
@@ -401,7 +451,8 @@ pub(super) async fn recurring(shared: Arc<Shared>) {
     }
 }
 
-/// Fires every recurring job due at `now`; returns the earliest next occurrence.
+/// Fires every recurring job due at `now`; returns the earliest next occurrence. A recurring
+/// job whose firing fails is logged and skipped: the others still fire.
 pub(super) async fn fire_due_recurring(
     shared: &Shared,
     now: DateTime<Utc>,
@@ -418,62 +469,91 @@ pub(super) async fn fire_due_recurring(
             earliest = Some(earliest.map_or(due, |e| e.min(due)));
             continue;
         }
-        let firing = match crate::storage::plan_firing(&record, now, shared.config.misfire_grace) {
-            Ok(Some(f)) => f,
-            Ok(None) => continue,
-            Err(e) => disabled(
-                &record,
-                due,
-                now,
-                format!("its schedule no longer parses: {e}"),
-            ),
-        };
-        let firing = match shared.handlers.get(&record.job.name) {
-            Some(handler) => match handler.check_args(&record.job.args) {
-                Ok(()) => firing,
-                Err(e) => disabled(&record, due, now, e),
-            },
-            None => {
-                if live_names.is_none() {
-                    let servers = shared.storage.servers().await?;
-                    live_names = Some(servers.into_iter().flat_map(|s| s.info.job_names).collect());
-                }
-                let known = live_names
-                    .as_ref()
-                    .is_some_and(|names| names.contains(&record.job.name));
-                if known {
-                    firing
-                } else {
-                    disabled(
-                        &record,
-                        due,
-                        now,
-                        format!(
-                            "no running server registers job `{}`: its job type was removed from the code, or no server that has it is running; resume the recurring job (or declare it again) once one is",
-                            record.job.name
-                        ),
-                    )
-                }
+        match fire_one(shared, &record, due, now, &mut live_names).await {
+            Ok(Some(next)) => earliest = Some(earliest.map_or(next, |e| e.min(next))),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(recurring = %record.id, error = %e, "firing a recurring job failed; retrying at the next poll");
             }
-        };
-        let next = firing.next_run;
-        let error = firing.error.clone();
-        let jobs = firing.jobs.len();
-        if shared.storage.fire_recurring(firing).await? {
-            match error {
-                Some(error) => {
-                    tracing::error!(recurring = %record.id, %error, "recurring job disabled");
-                }
-                None => {
-                    tracing::info!(recurring = %record.id, jobs, occurrence = %due, "recurring job fired")
-                }
-            }
-        }
-        if let Some(n) = next {
-            earliest = Some(earliest.map_or(n, |e| e.min(n)));
         }
     }
     Ok(earliest)
+}
+
+/// Fires one due recurring job; returns the next occurrence to wake for, if any.
+async fn fire_one(
+    shared: &Shared,
+    record: &crate::RecurringRecord,
+    due: DateTime<Utc>,
+    now: DateTime<Utc>,
+    live_names: &mut Option<std::collections::HashSet<String>>,
+) -> crate::Result<Option<DateTime<Utc>>> {
+    let firing = match crate::storage::plan_firing(record, now, shared.config.misfire_grace) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Ok(None),
+        Err(e) => disabled(
+            record,
+            due,
+            now,
+            format!("its schedule no longer parses: {e}"),
+        ),
+    };
+    let firing = match shared.handlers.get(&record.job.name) {
+        Some(handler) => match handler.check_args(&record.job.args) {
+            Ok(()) => firing,
+            Err(e) => disabled(record, due, now, e),
+        },
+        None => {
+            if live_names.is_none() {
+                let servers = shared.storage.servers().await?;
+                *live_names = Some(servers.into_iter().flat_map(|s| s.info.job_names).collect());
+            }
+            let known = live_names
+                .as_ref()
+                .is_some_and(|names| names.contains(&record.job.name));
+            if known {
+                firing
+            } else {
+                let error = format!(
+                    "no running server registers job `{}`: its job type was removed from the code, or no server that has it is running; resume the recurring job (or declare it again) once one is",
+                    record.job.name
+                );
+                // A server that has it may just be restarting (a deploy): wait as long as a
+                // silent server is given before it counts as dead, then disable.
+                let waited = (now - due).to_std().unwrap_or_default();
+                if waited <= shared.dead_after() {
+                    if record.last_error.as_deref() != Some(error.as_str()) {
+                        let mut waiting = crate::storage::Firing::new(
+                            record.id.clone(),
+                            due,
+                            Some(due),
+                            Vec::new(),
+                            now,
+                        );
+                        waiting.error = Some(error);
+                        shared.storage.fire_recurring(waiting).await?;
+                    }
+                    // Looked at again at the next poll, not in a tight loop.
+                    return Ok(None);
+                }
+                disabled(record, due, now, error)
+            }
+        }
+    };
+    let next = firing.next_run;
+    let error = firing.error.clone();
+    let jobs = firing.jobs.len();
+    if shared.storage.fire_recurring(firing).await? {
+        match error {
+            Some(error) => {
+                tracing::error!(recurring = %record.id, %error, "recurring job disabled");
+            }
+            None => {
+                tracing::info!(recurring = %record.id, jobs, occurrence = %due, "recurring job fired");
+            }
+        }
+    }
+    Ok(next)
 }
 
 /// A firing that creates nothing, records why, and stops the schedule until a person resumes

@@ -281,6 +281,7 @@ impl ServerBuilder {
             fetch_wakeup: Notify::new(),
             schedule_wakeup: Notify::new(),
             recurring_wakeup: Notify::new(),
+            heartbeat_wakeup: Notify::new(),
             next_wake_micros: AtomicI64::new(i64::MAX),
             completion_tx,
             counters: Counters::default(),
@@ -357,6 +358,26 @@ impl ServerBuilder {
             && w.is_zero()
         {
             return bad("the watchdog interval must be above zero".into());
+        }
+        const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+        for (name, d) in [
+            ("lease", Some(c.lease)),
+            ("heartbeat interval", Some(c.heartbeat)),
+            ("poll interval", Some(c.poll_interval)),
+            ("shutdown timeout", Some(c.shutdown_timeout)),
+            ("cancel grace", Some(c.cancel_grace)),
+            ("dead-after silence", c.dead_after),
+            ("watchdog interval", c.watchdog_interval),
+            ("expiration interval", Some(c.expiration_interval)),
+            ("misfire grace", Some(c.misfire_grace)),
+        ] {
+            if let Some(d) = d
+                && d > YEAR
+            {
+                return bad(format!(
+                    "the {name} of {d:?} is over the maximum of one year"
+                ));
+            }
         }
         Ok(())
     }
@@ -439,6 +460,7 @@ pub(crate) struct Shared {
     pub(crate) fetch_wakeup: Notify,
     pub(crate) schedule_wakeup: Notify,
     pub(crate) recurring_wakeup: Notify,
+    pub(crate) heartbeat_wakeup: Notify,
     /// When the scheduler plans to wake, in microseconds since the epoch.
     pub(crate) next_wake_micros: AtomicI64,
     pub(crate) completion_tx: mpsc::Sender<Completion>,
@@ -529,9 +551,10 @@ impl Server {
     }
 
     fn spawn(shared: Arc<Shared>, completion_rx: mpsc::Receiver<Completion>) -> Self {
+        // The fetcher first: shutdown waits for it before telling running jobs.
         let loops = vec![
-            loops::supervise("signals", &shared, loops::signals),
             loops::supervise("fetcher", &shared, loops::fetcher),
+            loops::supervise("signals", &shared, loops::signals),
             loops::supervise("scheduler", &shared, loops::scheduler),
             loops::supervise("watchdog", &shared, loops::watchdog),
             loops::supervise("expiration", &shared, loops::expiration),
@@ -555,12 +578,23 @@ impl Server {
         let running_at_start = shared.running().len();
         tracing::info!(server = %shared.info.id, running = running_at_start, "firelane server shutting down");
         shared.stop.cancel();
-        for handle in self.loops.drain(..) {
-            let _ = handle.await;
+        // The fetcher registers what it fetched before it stops; wait for it, then tell every
+        // running job. The other loops may be inside a store call: they get the shutdown
+        // timeout, not more.
+        let mut loops = self.loops.drain(..);
+        if let Some(fetcher) = loops.next() {
+            let _ = tokio::time::timeout(shared.config.shutdown_timeout, fetcher).await;
         }
         for job in shared.running().values() {
             job.cancellation.cancel(crate::CancelReason::Shutdown);
         }
+        let rest: Vec<_> = loops.collect();
+        let _ = tokio::time::timeout(shared.config.shutdown_timeout, async {
+            for handle in rest {
+                let _ = handle.await;
+            }
+        })
+        .await;
         let workers = u32::try_from(shared.config.workers).unwrap_or(u32::MAX);
         let all_idle = tokio::time::timeout(
             shared.config.shutdown_timeout,

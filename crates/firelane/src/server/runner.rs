@@ -33,28 +33,64 @@ pub(crate) fn spawn(shared: Arc<Shared>, job: FetchedJob, permit: OwnedSemaphore
         job.queue = %job.queue,
         job.attempt = job.attempt,
     );
+    // Registered before the task exists, so that a shutdown or a heartbeat right after the
+    // fetch already knows the job.
+    let cancellation = Cancellation::new();
+    let started = Instant::now();
+    register(&shared, &job, &cancellation, started);
     tokio::spawn(
         async move {
             let _permit = permit;
-            run(shared, job).await;
+            run(shared, job, cancellation, started).await;
         }
         .instrument(span),
     );
 }
 
-async fn run(shared: Arc<Shared>, job: FetchedJob) {
-    let started = Instant::now();
-    let cancellation = Cancellation::new();
-    let name: Arc<str> = Arc::from(job.name.as_str());
-    shared.running().insert(
+/// Tracks a run. One entry per job: a newer run of the same job (requeued, or recovered after
+/// this server's lease lapsed) means the older run's lease is gone, so it is told to stop.
+fn register(shared: &Shared, job: &FetchedJob, cancellation: &Cancellation, started: Instant) {
+    let displaced = shared.running().insert(
         job.id,
         RunningJob {
             lease: job.lease,
             cancellation: cancellation.clone(),
-            name: Arc::clone(&name),
+            name: Arc::from(job.name.as_str()),
             started,
         },
     );
+    if let Some(old) = displaced
+        && old.lease != job.lease
+    {
+        tracing::warn!(
+            running_for = ?old.started.elapsed(),
+            "an older run of this job lost its lease to a new fetch; cancelling it"
+        );
+        old.cancellation.cancel(CancelReason::LeaseLost);
+    }
+    {
+        let mut unwritten = shared.unwritten();
+        if unwritten.get(&job.id).is_some_and(|l| *l != job.lease) {
+            unwritten.remove(&job.id);
+        }
+    }
+    if shared.stop.is_cancelled() {
+        cancellation.cancel(CancelReason::Shutdown);
+    }
+}
+
+/// Stops tracking a run, if the entry is still this run's.
+fn unregister(shared: &Shared, job: &FetchedJob) -> bool {
+    let mut running = shared.running();
+    let ours = running.get(&job.id).is_some_and(|r| r.lease == job.lease);
+    if ours {
+        running.remove(&job.id);
+    }
+    ours
+}
+
+async fn run(shared: Arc<Shared>, job: FetchedJob, cancellation: Cancellation, started: Instant) {
+    let name: Arc<str> = Arc::from(job.name.as_str());
     shared.counters.started.fetch_add(1, Ordering::Relaxed);
     tracing::debug!("job started");
 
@@ -69,11 +105,13 @@ async fn run(shared: Arc<Shared>, job: FetchedJob) {
     };
     let ended = execute(&shared, &job, ctx, &cancellation).await;
     let duration = started.elapsed();
-    shared.running().remove(&job.id);
 
     let now = Utc::now();
     let outcome = match ended {
-        Ended::Abandoned => return,
+        Ended::Abandoned => {
+            unregister(&shared, &job);
+            return;
+        }
         Ended::Returned(Ok(())) => Outcome::Succeeded,
         Ended::Aborted => Outcome::HandedBack {
             reason: "the server shut down before the job finished".into(),
@@ -88,13 +126,24 @@ async fn run(shared: Arc<Shared>, job: FetchedJob) {
             error: error_chain(e.as_ref()),
         },
         Ended::Returned(Err(JobError::Snooze(d))) => Outcome::Snoozed {
-            until: now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX),
+            until: crate::later(now, d),
         },
         Ended::Returned(Err(JobError::Cancel(reason))) => Outcome::Cancelled { reason },
         Ended::Panicked(msg) => failure(&job, format!("panicked: {msg}"), now),
         Ended::TimedOut(t) => failure(&job, format!("timed out after {t:?}"), now),
         Ended::BadArgs(error) => Outcome::Failed { error },
     };
+    // The lease stays extended until the outcome is written: the job enters `unwritten`
+    // before it leaves `running`, so no heartbeat misses it. A run whose entry was taken by a
+    // newer run holds a lost lease; its outcome will be stale and needs no extension.
+    let current = shared
+        .running()
+        .get(&job.id)
+        .is_some_and(|r| r.lease == job.lease);
+    if current {
+        shared.unwritten().insert(job.id, job.lease);
+    }
+    unregister(&shared, &job);
     match &outcome {
         Outcome::Succeeded => {
             shared.counters.succeeded.fetch_add(1, Ordering::Relaxed);
@@ -122,7 +171,6 @@ async fn run(shared: Arc<Shared>, job: FetchedJob) {
         duration,
         now,
     );
-    shared.unwritten().insert(job.id, job.lease);
     // The completer only closes after every runner has finished, so this cannot fail in a
     // graceful shutdown; after an abrupt drop the lease lapses and the job is recovered.
     let _ = shared.completion_tx.send(completion).await;
@@ -132,7 +180,7 @@ async fn run(shared: Arc<Shared>, job: FetchedJob) {
 fn failure(job: &FetchedJob, error: String, now: chrono::DateTime<Utc>) -> Outcome {
     match job.retry.delay_before(job.attempt) {
         Some(delay) => Outcome::Retry {
-            at: now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX),
+            at: crate::later(now, delay),
             error,
         },
         None => Outcome::Failed { error },
