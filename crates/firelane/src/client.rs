@@ -89,7 +89,7 @@ impl Client {
 
     /// Runs a job after `delay`.
     pub async fn schedule<J: Job>(&self, request: JobRequest<J>, delay: Duration) -> Result<JobId> {
-        let at = Utc::now() + to_chrono(delay)?;
+        let at = due_after(delay)?;
         self.schedule_at(request, at).await
     }
 
@@ -325,8 +325,12 @@ fn single_change(id: JobId, change: Vec<Change>, action: &'static str) -> Result
     }
 }
 
-fn to_chrono(d: Duration) -> Result<chrono::Duration> {
-    chrono::Duration::from_std(d).map_err(|_| Error::Config(format!("delay {d:?} is too long")))
+/// `now + delay`, refused when it is past the last time a store can keep.
+fn due_after(delay: Duration) -> Result<DateTime<Utc>> {
+    chrono::Duration::from_std(delay)
+        .ok()
+        .and_then(|d| Utc::now().checked_add_signed(d))
+        .ok_or_else(|| Error::Config(format!("a delay of {delay:?} is too long")))
 }
 
 /// Jobs created together in one transaction. Continuations may follow jobs of the same batch.
@@ -366,7 +370,7 @@ impl Batch<'_> {
 
     /// Adds a job to run after `delay`.
     pub fn schedule<J: Job>(&mut self, request: JobRequest<J>, delay: Duration) -> Result<JobId> {
-        let at = Utc::now() + to_chrono(delay)?;
+        let at = due_after(delay)?;
         self.push(request, Initial::Scheduled { at })
     }
 

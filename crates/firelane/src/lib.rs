@@ -188,6 +188,18 @@ pub mod __private {
     pub use serde;
 }
 
+/// `t + d`, or the latest time chrono can hold when that overflows (a snooze or retry delay of
+/// `Duration::MAX` means "far in the future", not a panic).
+pub(crate) fn later(
+    t: chrono::DateTime<chrono::Utc>,
+    d: std::time::Duration,
+) -> chrono::DateTime<chrono::Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+}
+
 /// The names most programs need: `use firelane::prelude::*;`.
 pub mod prelude {
     #[cfg(feature = "macros")]
