@@ -242,7 +242,7 @@ pub fn plan_firing(
         Misfire::FireEach { max } => {
             let missed = occurrences.iter().filter(|t| !on_time(t)).count();
             let recent = occurrences.len() - missed;
-            (missed.min(usize::try_from(max).unwrap_or(usize::MAX)) + recent).max(1)
+            missed.min(usize::try_from(max).unwrap_or(usize::MAX)) + recent
         }
     };
     let jobs = (0..count).map(|_| record.job.instantiate()).collect();
