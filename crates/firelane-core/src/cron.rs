@@ -21,7 +21,8 @@ const HORIZON_YEARS: i32 = 8;
 /// `@yearly`, `@monthly`, `@weekly`, `@daily`, `@hourly`; `L` (last), `W` (nearest weekday),
 /// `#` (nth weekday). Occurrences follow the wall clock of the time zone: on a day when the
 /// clocks spring forward, a time inside the gap fires once at the first valid time after it;
-/// on a day when they fall back, a time in the repeated hour fires once, at its first pass.
+/// on a day when they fall back, a fixed time in the repeated hour fires once, at its first
+/// pass (interval patterns such as `*/30 * * * *` fire in both passes: both are real instants).
 ///
 /// ```
 /// use firelane_core::CronSchedule;

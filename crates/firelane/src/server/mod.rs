@@ -620,7 +620,11 @@ impl Server {
         }
         let handed_back = usize::try_from(shared.counters.handed_back.load(Ordering::Relaxed))
             .unwrap_or(usize::MAX);
-        shared.storage.remove_server(&shared.info.id).await?;
+        // Every outcome is written by now; a server record left behind is removed by the other
+        // servers' watchdogs once it is silent for dead_after.
+        if let Err(e) = shared.storage.remove_server(&shared.info.id).await {
+            tracing::warn!(error = %e, "could not unregister the server; others will remove it once it is silent");
+        }
         tracing::info!(server = %shared.info.id, handed_back, "firelane server stopped");
         Ok(ShutdownReport {
             finished: running_at_start.saturating_sub(handed_back),
