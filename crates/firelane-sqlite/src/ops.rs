@@ -5,8 +5,8 @@
 //! Operations on many jobs use a constant number of statements, whatever the number of jobs:
 //! the per-job values go to SQLite as one JSON array, which the statements read with
 //! `json_each` or `jsonb_each` (ids as hex text, turned back into blobs with `unhex`). A
-//! statement costs far more than a row, so a fetch of 100 jobs runs four statements, not four
-//! hundred.
+//! statement costs far more than a row, so a fetch of 100 jobs runs a few statements, not
+//! hundreds, and statements that read the same array go in one text (one round trip).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -55,6 +55,8 @@ struct Head {
     lease: Option<LeaseId>,
     lease_server: Option<String>,
     lease_until: Option<DateTime<Utc>>,
+    /// Whether awaiting continuations wait for the job; `None`: not looked up.
+    awaited: Option<bool>,
 }
 
 impl Head {
@@ -76,6 +78,7 @@ impl Head {
                 .try_get::<Option<i64>, _>("lease_until")?
                 .map(time)
                 .transpose()?,
+            awaited: None,
         })
     }
 }
@@ -90,7 +93,11 @@ async fn heads(
         .fetch_all(conn)
         .await?;
     rows.iter()
-        .map(|row| Head::from_row(row).map(|h| (h.id, h)))
+        .map(|row| {
+            let mut h = Head::from_row(row)?;
+            h.awaited = Some(row.try_get("awaited")?);
+            Ok((h.id, h))
+        })
         .collect()
 }
 
@@ -174,22 +181,12 @@ async fn apply_many(
     if moves.is_empty() {
         return Ok(());
     }
-    let leaving: Vec<JobId> = moves
-        .iter()
-        .filter(|(h, _)| h.state == JobState::Enqueued)
-        .map(|(h, _)| h.id)
-        .collect();
-    if !leaving.is_empty() {
-        sqlx::query(sql::QUEUE_DELETE_JOBS)
-            .bind(hex_array(leaving))
-            .execute(&mut *conn)
-            .await?;
-    }
     let rows: Vec<Value> = moves
         .iter()
         .map(|(h, e)| {
             json!({
                 "id": hex(h.id),
+                "deq": h.state == JobState::Enqueued,
                 "state": e.state.as_str(),
                 "attempt": e.attempt,
                 "at": us(e.at),
@@ -205,19 +202,8 @@ async fn apply_many(
             })
         })
         .collect();
-    let rows = Value::Array(rows).to_string();
-    sqlx::query(sql::MOVE_JOBS)
-        .bind(&rows)
-        .execute(&mut *conn)
-        .await?;
-    if moves.iter().any(|(_, e)| e.state == JobState::Enqueued) {
-        sqlx::query(sql::MOVE_QUEUE)
-            .bind(&rows)
-            .execute(&mut *conn)
-            .await?;
-    }
-    sqlx::query(sql::MOVE_HISTORY)
-        .bind(&rows)
+    sqlx::query(sql::MOVE)
+        .bind(Value::Array(rows).to_string())
         .execute(&mut *conn)
         .await?;
     for (h, e) in moves {
@@ -296,7 +282,8 @@ async fn apply_and_release(
     apply_many(conn, signals, moves).await?;
     let finished: Vec<_> = moves
         .iter()
-        .filter(|(_, e)| e.state.is_finished())
+        // A job that no continuation awaits releases none: no need to look.
+        .filter(|(h, e)| e.state.is_finished() && h.awaited != Some(false))
         .map(|(h, e)| (h.id, e.state, e.at))
         .collect();
     release(conn, signals, finished).await
@@ -395,20 +382,8 @@ pub(crate) async fn enqueue(
         }));
         out.push(Enqueued::new(job.id, state));
     }
-    let rows = Value::Array(rows).to_string();
-    sqlx::query(sql::ENQUEUE_JOBS)
-        .bind(&rows)
-        .bind(us(now))
-        .execute(&mut *conn)
-        .await?;
-    if out.iter().any(|e| e.state == JobState::Enqueued) {
-        sqlx::query(sql::ENQUEUE_QUEUE)
-            .bind(&rows)
-            .execute(&mut *conn)
-            .await?;
-    }
-    sqlx::query(sql::ENQUEUE_HISTORY)
-        .bind(&rows)
+    sqlx::query(sql::ENQUEUE)
+        .bind(Value::Array(rows).to_string())
         .bind(us(now))
         .execute(&mut *conn)
         .await?;
@@ -458,10 +433,6 @@ pub(crate) async fn fetch(
             .iter()
             .map(|r| r.try_get("seq"))
             .collect::<Result<_, _>>()?;
-        sqlx::query(sql::FETCH_DELETE_QUEUE)
-            .bind(Value::from(seqs).to_string())
-            .execute(&mut *conn)
-            .await?;
         let mut leased = Vec::with_capacity(candidates.len());
         for row in candidates {
             let raw_id: Vec<u8> = row.try_get("job_id")?;
@@ -496,21 +467,13 @@ pub(crate) async fn fetch(
                 time(row.try_get("state_at")?)?,
             ));
         }
-        if leased.is_empty() {
-            continue;
-        }
-        let leased = Value::Array(leased).to_string();
-        sqlx::query(sql::FETCH_JOBS)
-            .bind(&leased)
+        // Even with no job leased (only stale queue rows), the rows leave the queue.
+        sqlx::query(sql::FETCH_LEASE)
+            .bind(Value::Array(leased).to_string())
             .bind(us(request.now))
             .bind(server)
             .bind(us(request.lease_until))
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query(sql::FETCH_HISTORY)
-            .bind(&leased)
-            .bind(us(request.now))
-            .bind(server)
+            .bind(Value::from(seqs).to_string())
             .execute(&mut *conn)
             .await?;
     }

@@ -27,39 +27,37 @@ macro_rules! fetch_select {
     };
 }
 
-/// The heads of jobs by id (a JSON array of hex ids).
+/// The heads of jobs by id (a JSON array of hex ids), and whether continuations await them (so
+/// that finishing a job with none needs no [`CHILDREN`] query).
 pub(crate) const HEADS: &str = concat!(
     "SELECT ",
     head_columns!(),
-    " FROM jobs WHERE id IN (SELECT unhex(value) FROM json_each(?))"
+    ", EXISTS (SELECT 1 FROM jobs AS c INDEXED BY jobs_parent WHERE c.parent_id IS NOT NULL
+              AND c.parent_id = jobs.id AND c.state = 'awaiting') AS awaited
+     FROM jobs WHERE id IN (SELECT unhex(value) FROM json_each(?))"
 );
 
-/// Takes jobs out of the queue table (a JSON array of hex ids).
-pub(crate) const QUEUE_DELETE_JOBS: &str =
-    "DELETE FROM queue WHERE job_id IN (SELECT unhex(value) FROM json_each(?))";
-
-/// Moves jobs to new states (a JSON array of moves).
-pub(crate) const MOVE_JOBS: &str =
-    "UPDATE jobs SET state = x.value ->> 'state', attempt = x.value ->> 'attempt',
+/// Moves jobs to new states (`?1`, a JSON array of moves), in one round trip: takes the jobs
+/// that leave their queue (`"deq": 1`) out of the queue table, updates the rows, adds queue
+/// rows for the moves into `enqueued` and history rows for all, in order.
+pub(crate) const MOVE: &str = "DELETE FROM queue WHERE job_id IN (
+                 SELECT unhex(x.value ->> 'id') FROM jsonb_each(?1) AS x
+                 WHERE x.value ->> 'deq' = 1);
+         UPDATE jobs SET state = x.value ->> 'state', attempt = x.value ->> 'attempt',
              state_at = x.value ->> 'at', due_at = x.value ->> 'due', lease_id = NULL,
              lease_server = NULL, lease_until = NULL, finished_at = x.value ->> 'fin',
              reason = x.value ->> 'reason',
              last_error = COALESCE(x.value ->> 'error', jobs.last_error)
-         FROM jsonb_each(?) AS x
-         WHERE jobs.id = unhex(x.value ->> 'id')";
-
-/// Queue rows for the moves into `enqueued`, in order.
-pub(crate) const MOVE_QUEUE: &str = "INSERT INTO queue (queue, priority, name, job_id)
+         FROM jsonb_each(?1) AS x
+         WHERE jobs.id = unhex(x.value ->> 'id');
+         INSERT INTO queue (queue, priority, name, job_id)
              SELECT x.value ->> 'q', x.value ->> 'p', x.value ->> 'n', unhex(x.value ->> 'id')
-             FROM jsonb_each(?) AS x WHERE x.value ->> 'state' = 'enqueued' ORDER BY x.key";
-
-/// History rows for the moves, in order.
-pub(crate) const MOVE_HISTORY: &str =
-    "INSERT INTO history (job_id, state, at, reason, server, attempt, duration_us, error)
-         SELECT unhex(x.value ->> 'id'), x.value ->> 'state', x.value ->> 'at',
-                x.value ->> 'reason', x.value ->> 'server', x.value ->> 'attempt',
-                x.value ->> 'dur', x.value ->> 'error'
-         FROM jsonb_each(?) AS x ORDER BY x.key";
+             FROM jsonb_each(?1) AS x WHERE x.value ->> 'state' = 'enqueued' ORDER BY x.key;
+         INSERT INTO history (job_id, state, at, reason, server, attempt, duration_us, error)
+             SELECT unhex(x.value ->> 'id'), x.value ->> 'state', x.value ->> 'at',
+                    x.value ->> 'reason', x.value ->> 'server', x.value ->> 'attempt',
+                    x.value ->> 'dur', x.value ->> 'error'
+             FROM jsonb_each(?1) AS x ORDER BY x.key";
 
 /// The awaiting continuations of jobs (a JSON array of hex ids).
 pub(crate) const CHILDREN: &str = concat!(
@@ -72,28 +70,25 @@ pub(crate) const CHILDREN: &str = concat!(
 pub(crate) const PARENT_STATES: &str =
     "SELECT id, state FROM jobs WHERE id IN (SELECT unhex(value) FROM json_each(?))";
 
-/// New jobs (a JSON array), created at `?2`.
-pub(crate) const ENQUEUE_JOBS: &str =
-    "INSERT INTO jobs (id, name, queue, priority, args, state, attempt, max_attempts,
-             retry_delays, timeout_ms, created_at, state_at, due_at, parent_id, continue_on,
-             reason, finished_at)
+/// New jobs (`?1`, a JSON array), created at `?2`, in one round trip: the rows, the queue rows
+/// of the enqueued ones and the first history row of each, in order.
+pub(crate) const ENQUEUE: &str =
+    "INSERT INTO jobs (id, name, queue, priority, args, state, attempt,
+             max_attempts, retry_delays, timeout_ms, created_at, state_at, due_at, parent_id,
+             continue_on, reason, finished_at)
          SELECT unhex(x.value ->> 'id'), x.value ->> 'name', x.value ->> 'queue',
                 x.value ->> 'priority', x.value ->> 'args', x.value ->> 'state', 0,
                 x.value ->> 'max', x.value ->> 'delays', x.value ->> 'timeout', ?2, ?2,
                 x.value ->> 'due', unhex(x.value ->> 'parent'), x.value ->> 'on',
                 x.value ->> 'reason', x.value ->> 'fin'
-         FROM jsonb_each(?1) AS x ORDER BY x.key";
-
-/// Queue rows for the new enqueued jobs, in order.
-pub(crate) const ENQUEUE_QUEUE: &str = "INSERT INTO queue (queue, priority, name, job_id)
+         FROM jsonb_each(?1) AS x ORDER BY x.key;
+         INSERT INTO queue (queue, priority, name, job_id)
              SELECT x.value ->> 'queue', x.value ->> 'priority', x.value ->> 'name',
                     unhex(x.value ->> 'id')
-             FROM jsonb_each(?) AS x WHERE x.value ->> 'state' = 'enqueued' ORDER BY x.key";
-
-/// The first history row of each new job.
-pub(crate) const ENQUEUE_HISTORY: &str = "INSERT INTO history (job_id, state, at, reason, attempt)
-         SELECT unhex(x.value ->> 'id'), x.value ->> 'state', ?2, x.value ->> 'reason', 0
-         FROM jsonb_each(?1) AS x ORDER BY x.key";
+             FROM jsonb_each(?1) AS x WHERE x.value ->> 'state' = 'enqueued' ORDER BY x.key;
+         INSERT INTO history (job_id, state, at, reason, attempt)
+             SELECT unhex(x.value ->> 'id'), x.value ->> 'state', ?2, x.value ->> 'reason', 0
+             FROM jsonb_each(?1) AS x ORDER BY x.key";
 
 /// A fetch's candidates in one queue.
 pub(crate) const FETCH_ANY: &str = fetch_select!("");
@@ -102,20 +97,17 @@ pub(crate) const FETCH_ANY: &str = fetch_select!("");
 pub(crate) const FETCH_NAMED: &str =
     fetch_select!("AND q.name IN (SELECT value FROM json_each(?))");
 
-/// Takes fetched rows out of the queue table (a JSON array of seqs).
-pub(crate) const FETCH_DELETE_QUEUE: &str =
-    "DELETE FROM queue WHERE seq IN (SELECT value FROM json_each(?))";
-
-/// Leases fetched jobs (a JSON array of ids, leases and attempts).
-pub(crate) const FETCH_JOBS: &str =
-    "UPDATE jobs SET state = 'processing', attempt = x.value ->> 'attempt', state_at = ?2,
+/// Leases fetched jobs, in one round trip: takes their rows out of the queue table (`?5`, a
+/// JSON array of seqs), leases the jobs (`?1`, a JSON array of ids, leases and attempts) at
+/// `?2` for server `?3` until `?4`, and adds their history rows.
+pub(crate) const FETCH_LEASE: &str =
+    "DELETE FROM queue WHERE seq IN (SELECT value FROM json_each(?5));
+         UPDATE jobs SET state = 'processing', attempt = x.value ->> 'attempt', state_at = ?2,
                  lease_id = unhex(x.value ->> 'lease'), lease_server = ?3, lease_until = ?4,
                  due_at = NULL, reason = NULL
              FROM jsonb_each(?1) AS x
-             WHERE jobs.id = unhex(x.value ->> 'id')";
-
-/// History rows for fetched jobs.
-pub(crate) const FETCH_HISTORY: &str = "INSERT INTO history (job_id, state, at, server, attempt)
+             WHERE jobs.id = unhex(x.value ->> 'id');
+         INSERT INTO history (job_id, state, at, server, attempt)
              SELECT unhex(x.value ->> 'id'), 'processing', ?2, ?3, x.value ->> 'attempt'
              FROM jsonb_each(?1) AS x ORDER BY x.key";
 
@@ -232,20 +224,13 @@ mod tests {
     /// Every statement above, by name.
     const ALL: &[(&str, &str)] = &[
         ("HEADS", super::HEADS),
-        ("QUEUE_DELETE_JOBS", super::QUEUE_DELETE_JOBS),
-        ("MOVE_JOBS", super::MOVE_JOBS),
-        ("MOVE_QUEUE", super::MOVE_QUEUE),
-        ("MOVE_HISTORY", super::MOVE_HISTORY),
+        ("MOVE", super::MOVE),
         ("CHILDREN", super::CHILDREN),
         ("PARENT_STATES", super::PARENT_STATES),
-        ("ENQUEUE_JOBS", super::ENQUEUE_JOBS),
-        ("ENQUEUE_QUEUE", super::ENQUEUE_QUEUE),
-        ("ENQUEUE_HISTORY", super::ENQUEUE_HISTORY),
+        ("ENQUEUE", super::ENQUEUE),
         ("FETCH_ANY", super::FETCH_ANY),
         ("FETCH_NAMED", super::FETCH_NAMED),
-        ("FETCH_DELETE_QUEUE", super::FETCH_DELETE_QUEUE),
-        ("FETCH_JOBS", super::FETCH_JOBS),
-        ("FETCH_HISTORY", super::FETCH_HISTORY),
+        ("FETCH_LEASE", super::FETCH_LEASE),
         ("SERVER_UPSERT", super::SERVER_UPSERT),
         ("HEARTBEAT_EXTEND", super::HEARTBEAT_EXTEND),
         ("SERVER_DELETE", super::SERVER_DELETE),
@@ -275,7 +260,12 @@ mod tests {
         crate::schema::migrate(&mut conn)
             .await
             .map_err(|e| format!("{e:?}"))?;
-        for (name, sql) in ALL {
+        // A constant with several statements (run in one round trip) is checked statement by
+        // statement: EXPLAIN covers only the first statement of a text.
+        let statements = ALL
+            .iter()
+            .flat_map(|(name, sql)| sql.split(';').map(move |part| (name, part.trim())));
+        for (name, sql) in statements {
             let plan = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
                 .fetch_all(&mut conn)
                 .await?;

@@ -1,0 +1,204 @@
+//! The store's shortcuts for speed (several statements sent in one round trip, group commit of
+//! concurrent operations, skipping the continuation lookup of jobs nothing awaits) never lose
+//! nor double a job.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use firelane_core::chrono::Utc;
+use firelane_core::{
+    Completion, ContinueOn, FetchRequest, Initial, JobId, JobQuery, JobState, NewJob, Outcome,
+    ServerId, Storage,
+};
+use firelane_sqlite::{SqliteConfig, SqliteStorage};
+
+async fn file_store(dir: &tempfile::TempDir) -> SqliteStorage {
+    SqliteStorage::connect_with(SqliteConfig::file(dir.path().join("t.db")))
+        .await
+        .unwrap()
+}
+
+/// Concurrent enqueues, fetches and completions (grouped into shared transactions by the
+/// writer): every job is fetched exactly once and ends succeeded with exactly three history
+/// rows; the queue is empty at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_fetch_and_complete_take_each_job_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = file_store(&dir).await;
+    let now = Utc::now();
+    const PRODUCERS: usize = 4;
+    const PER_PRODUCER: usize = 1500;
+    const TOTAL: usize = PRODUCERS * PER_PRODUCER;
+
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let s = storage.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for chunk in 0..(PER_PRODUCER / 300) {
+                    let jobs: Vec<NewJob> = (0..300)
+                        .map(|i| NewJob::new("n", format!("[{p},{chunk},{i}]")))
+                        .collect();
+                    ids.extend(jobs.iter().map(|j| j.id));
+                    s.enqueue(jobs, now).await.unwrap();
+                }
+                ids
+            })
+        })
+        .collect();
+    let consumers: Vec<_> = (0..5)
+        .map(|_| {
+            let s = storage.clone();
+            tokio::spawn(async move {
+                let server = ServerId::generate();
+                let mut seen: Vec<JobId> = Vec::new();
+                let mut idle = 0;
+                while idle < 50 {
+                    let request = FetchRequest::new(
+                        server.clone(),
+                        vec!["default".into()],
+                        37,
+                        now,
+                        Duration::from_secs(600),
+                    );
+                    let fetched = s.fetch(request).await.unwrap();
+                    if fetched.is_empty() {
+                        idle += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                    idle = 0;
+                    assert!(fetched.iter().all(|f| f.attempt == 1));
+                    seen.extend(fetched.iter().map(|f| f.id));
+                    let done = fetched
+                        .iter()
+                        .map(|f| {
+                            Completion::new(
+                                f.id,
+                                f.lease,
+                                server.clone(),
+                                Outcome::Succeeded,
+                                Duration::ZERO,
+                                now,
+                            )
+                        })
+                        .collect();
+                    let statuses = s.complete(done).await.unwrap();
+                    assert!(
+                        statuses.iter().all(|st| *st
+                            == firelane_core::CompletionStatus::Applied(JobState::Succeeded)),
+                        "{statuses:?}"
+                    );
+                }
+                seen
+            })
+        })
+        .collect();
+
+    let mut created = Vec::new();
+    for p in producers {
+        created.extend(p.await.unwrap());
+    }
+    let mut times: HashMap<JobId, usize> = HashMap::new();
+    for c in consumers {
+        for id in c.await.unwrap() {
+            *times.entry(id).or_default() += 1;
+        }
+    }
+    assert_eq!(created.len(), TOTAL);
+    assert_eq!(times.len(), TOTAL, "every job fetched");
+    assert!(times.values().all(|&n| n == 1), "no job fetched twice");
+    assert!(created.iter().all(|id| times.contains_key(id)));
+
+    let stats = storage.stats().await.unwrap();
+    assert_eq!(stats.count(JobState::Succeeded), TOTAL as u64);
+    assert_eq!(stats.count(JobState::Enqueued), 0);
+    assert_eq!(stats.count(JobState::Processing), 0);
+    for id in created.iter().step_by(97) {
+        let details = storage.job(*id).await.unwrap().unwrap();
+        let states: Vec<JobState> = details.history.iter().map(|h| h.state).collect();
+        assert_eq!(
+            states,
+            [
+                JobState::Enqueued,
+                JobState::Processing,
+                JobState::Succeeded
+            ]
+        );
+    }
+    let batches = storage.writer_stats();
+    assert!(batches.ops >= batches.batches);
+}
+
+/// A completion batch mixing jobs that continuations await with jobs nothing awaits releases
+/// exactly the awaiting continuations (the lookup is skipped only for jobs with none).
+#[tokio::test]
+async fn completing_a_mixed_batch_releases_exactly_the_awaiting_continuations() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = file_store(&dir).await;
+    let now = Utc::now();
+    let parents: Vec<NewJob> = (0..20).map(|i| NewJob::new("p", format!("{i}"))).collect();
+    let mut children = Vec::new();
+    for (i, p) in parents.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
+        let mut child = NewJob::new("c", format!("{i}"));
+        child.initial = Initial::Awaiting {
+            parent: p.id,
+            on: ContinueOn::Succeeded,
+        };
+        children.push(child);
+    }
+    let child_ids: Vec<JobId> = children.iter().map(|c| c.id).collect();
+    storage.enqueue(parents, now).await.unwrap();
+    storage.enqueue(children, now).await.unwrap();
+
+    let server = ServerId::generate();
+    let request = FetchRequest::new(
+        server.clone(),
+        vec!["default".into()],
+        100,
+        now,
+        Duration::from_secs(60),
+    )
+    .names(vec!["p".into()]);
+    let fetched = storage.fetch(request).await.unwrap();
+    assert_eq!(fetched.len(), 20);
+    let done = fetched
+        .iter()
+        .map(|f| {
+            Completion::new(
+                f.id,
+                f.lease,
+                server.clone(),
+                Outcome::Succeeded,
+                Duration::ZERO,
+                now,
+            )
+        })
+        .collect();
+    storage.complete(done).await.unwrap();
+
+    let enqueued = storage
+        .list_jobs(JobQuery::new().state(JobState::Enqueued).page(0, 1000))
+        .await
+        .unwrap();
+    let mut enqueued: Vec<JobId> = enqueued.iter().map(|j| j.id).collect();
+    enqueued.sort();
+    let mut expected = child_ids.clone();
+    expected.sort();
+    assert_eq!(enqueued, expected);
+    let stats = storage.stats().await.unwrap();
+    assert_eq!(stats.count(JobState::Awaiting), 0);
+    assert_eq!(stats.count(JobState::Succeeded), 20);
+    // Each released child is in the queue once: a fetch takes them all, and only once.
+    let request = FetchRequest::new(
+        server.clone(),
+        vec!["default".into()],
+        100,
+        now,
+        Duration::from_secs(60),
+    );
+    assert_eq!(storage.fetch(request).await.unwrap().len(), child_ids.len());
+    let request = FetchRequest::new(server, vec!["default".into()], 100, now, Duration::ZERO);
+    assert!(storage.fetch(request).await.unwrap().is_empty());
+}
