@@ -115,6 +115,10 @@ async fn two_stores_on_one_file_never_fetch_the_same_job() {
         store.enqueue(jobs, now).await.unwrap();
     }
 
+    // Every worker starts at once, and each pauses a moment between rounds: SQLite's lock is
+    // not fair, and without the pause one store's writer can drain the queue alone, which
+    // would leave nothing contended.
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(6));
     let mut workers = Vec::new();
     for (n, store) in [
         a.clone(),
@@ -127,9 +131,11 @@ async fn two_stores_on_one_file_never_fetch_the_same_job() {
     .into_iter()
     .enumerate()
     {
+        let start = std::sync::Arc::clone(&start);
         workers.push(tokio::spawn(async move {
             let server = ServerId::from_string(format!("server-{n}"));
             let mut mine = Vec::new();
+            start.wait().await;
             loop {
                 let fetched = store
                     .fetch(fetch_request(&server, 1 + n * 3, now))
@@ -157,6 +163,7 @@ async fn two_stores_on_one_file_never_fetch_the_same_job() {
                         .all(|d| *d == CompletionStatus::Applied(JobState::Succeeded))
                 );
                 mine.extend(fetched.into_iter().map(|f| f.id));
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             mine
         }));
