@@ -926,6 +926,23 @@ impl Storage for FlakyStore {
         self.check("servers")?;
         self.inner.servers().await
     }
+    async fn stats_history(
+        &self,
+        from: chrono::DateTime<Utc>,
+        to: chrono::DateTime<Utc>,
+    ) -> firelane::Result<Vec<firelane::HourlyStats>> {
+        self.check("stats_history")?;
+        self.inner.stats_history(from, to).await
+    }
+    async fn set_queue_paused(
+        &self,
+        queue: &str,
+        paused: bool,
+        now: chrono::DateTime<Utc>,
+    ) -> firelane::Result<()> {
+        self.check("set_queue_paused")?;
+        self.inner.set_queue_paused(queue, paused, now).await
+    }
     async fn upsert_recurring(
         &self,
         def: firelane::storage::RecurringDef,

@@ -108,7 +108,9 @@ macro_rules! __storage_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                $crate::storage_cases::$case($factory().await).await;
+                let store = $factory().await;
+                $crate::storage_cases::$case(::std::sync::Arc::clone(&store)).await;
+                $crate::storage_cases::counters_agree(&store).await;
             }
         )*
     };
@@ -117,6 +119,49 @@ macro_rules! __storage_tests {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
+
+/// Checks that the counts [`Storage::stats`] keeps agree with the jobs the store holds, by
+/// listing every job: run after every case, so that each operation a case uses is checked to
+/// keep its counters right.
+pub async fn counters_agree(store: &Arc<dyn Storage>) {
+    use std::collections::BTreeMap;
+    let stats = store.stats().await.unwrap();
+    let mut states: BTreeMap<JobState, u64> = BTreeMap::new();
+    let mut queues: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut offset = 0;
+    loop {
+        let page = store
+            .list_jobs(JobQuery::new().page(offset, 500))
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        offset += page.len() as u64;
+        for job in page {
+            *states.entry(job.state).or_default() += 1;
+            match job.state {
+                JobState::Enqueued => queues.entry(job.queue).or_default().0 += 1,
+                JobState::Processing => queues.entry(job.queue).or_default().1 += 1,
+                _ => {}
+            }
+        }
+    }
+    for state in JobState::ALL {
+        assert_eq!(
+            stats.count(state),
+            states.get(&state).copied().unwrap_or(0),
+            "stats() counts {state} jobs wrong: {stats:?}"
+        );
+    }
+    let counted: BTreeMap<String, (u64, u64)> = stats
+        .queues
+        .iter()
+        .filter(|q| q.enqueued > 0 || q.processing > 0)
+        .map(|q| (q.name.clone(), (q.enqueued, q.processing)))
+        .collect();
+    assert_eq!(counted, queues, "stats() counts queues wrong: {stats:?}");
+}
 
 /// A fixed point in time, in whole seconds (so that no store's precision matters).
 fn t0() -> DateTime<Utc> {

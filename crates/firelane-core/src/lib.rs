@@ -27,9 +27,9 @@ pub use recurring::{
 pub use retry::{RetryPolicy, hangfire_delay};
 pub use state::{ContinuationDecision, ContinueOn, JobState};
 pub use storage::{
-    Change, Completion, CompletionStatus, FetchRequest, Heartbeat, HeartbeatReply, IntoStorage,
-    JobQuery, Outcome, Promotion, QueueStats, Recovery, Retention, ServerInfo, ServerRecord,
-    Signal, Stats, Storage,
+    Change, Completion, CompletionStatus, FetchRequest, HOURLY_STATS_KEPT, Heartbeat,
+    HeartbeatReply, HourlyStats, IntoStorage, JobQuery, Outcome, Promotion, QueueStats, Recovery,
+    Retention, ServerInfo, ServerRecord, Signal, Stats, Storage, hour_of,
 };
 
 /// Re-exported so that backends name the same versions.

@@ -345,6 +345,14 @@ pub struct JobQuery {
     pub queue: Option<String>,
     /// Only jobs of this name.
     pub name: Option<String>,
+    /// Only jobs whose id, name or queue is this text, or whose name or arguments contain it.
+    pub search: Option<String>,
+    /// Only jobs created at or after this time.
+    pub created_from: Option<DateTime<Utc>>,
+    /// Only jobs created before this time.
+    pub created_to: Option<DateTime<Utc>>,
+    /// Only scheduled jobs waiting for a retry (attempted at least once).
+    pub retries: bool,
     /// Jobs to skip.
     pub offset: u64,
     /// Jobs at most (0 means 50).
@@ -375,6 +383,28 @@ impl JobQuery {
         self
     }
 
+    /// Only jobs whose id, name or queue is `text`, or whose name or arguments contain it.
+    /// An empty text matches every job.
+    pub fn search(mut self, text: impl Into<String>) -> Self {
+        let text = text.into();
+        self.search = if text.is_empty() { None } else { Some(text) };
+        self
+    }
+
+    /// Only jobs created in `[from, to)`; either end may be open.
+    pub fn created(mut self, from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Self {
+        self.created_from = from;
+        self.created_to = to;
+        self
+    }
+
+    /// Only scheduled jobs that wait for a retry: what Hangfire's "Retries" page shows.
+    pub fn retries(mut self) -> Self {
+        self.state = Some(JobState::Scheduled);
+        self.retries = true;
+        self
+    }
+
     /// Skips `offset` jobs and returns at most `limit`.
     pub fn page(mut self, offset: u64, limit: u32) -> Self {
         self.offset = offset;
@@ -398,29 +428,40 @@ pub struct QueueStats {
     pub enqueued: u64,
     /// Jobs from it running now.
     pub processing: u64,
+    /// Whether it is paused: no server fetches from it until it is resumed.
+    pub paused: bool,
 }
 
 impl QueueStats {
     /// Builds queue figures (for stores).
-    pub fn new(name: String, enqueued: u64, processing: u64) -> Self {
+    pub fn new(name: String, enqueued: u64, processing: u64, paused: bool) -> Self {
         Self {
             name,
             enqueued,
             processing,
+            paused,
         }
     }
 }
 
 /// Counts for monitoring.
+///
+/// Stores keep these as counters updated in the transactions that change jobs, so reading them
+/// costs the same with a million jobs as with ten: no store counts jobs to answer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Stats {
     /// Jobs per state (states with no jobs may be missing).
     pub states: BTreeMap<JobState, u64>,
-    /// Queues that have jobs waiting or running.
+    /// Queues that have jobs waiting or running, or are paused, by name.
     pub queues: Vec<QueueStats>,
     /// Servers that are heartbeating.
     pub servers: u64,
+    /// Attempts that succeeded since the store was created (not lowered when jobs expire): a
+    /// dashboard draws jobs per second from the difference between two readings.
+    pub succeeded_total: u64,
+    /// Jobs that failed for good since the store was created.
+    pub failed_total: u64,
 }
 
 impl Stats {
@@ -430,13 +471,54 @@ impl Stats {
             states,
             queues,
             servers,
+            succeeded_total: 0,
+            failed_total: 0,
         }
+    }
+
+    /// Sets the running totals (for stores).
+    pub fn totals(mut self, succeeded: u64, failed: u64) -> Self {
+        self.succeeded_total = succeeded;
+        self.failed_total = failed;
+        self
     }
 
     /// The number of jobs in `state`.
     pub fn count(&self, state: JobState) -> u64 {
         self.states.get(&state).copied().unwrap_or(0)
     }
+}
+
+/// Jobs that succeeded and failed in one hour, for history graphs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct HourlyStats {
+    /// The start of the hour (UTC).
+    pub hour: DateTime<Utc>,
+    /// Jobs that succeeded in it.
+    pub succeeded: u64,
+    /// Jobs that failed for good in it.
+    pub failed: u64,
+}
+
+impl HourlyStats {
+    /// Builds an hour's figures (for stores).
+    pub const fn new(hour: DateTime<Utc>, succeeded: u64, failed: u64) -> Self {
+        Self {
+            hour,
+            succeeded,
+            failed,
+        }
+    }
+}
+
+/// How long stores keep hourly figures: eight days, so that a week's graph is always whole.
+pub const HOURLY_STATS_KEPT: Duration = Duration::from_secs(8 * 24 * 3600);
+
+/// The start of the hour `at` falls in.
+pub fn hour_of(at: DateTime<Utc>) -> DateTime<Utc> {
+    let secs = at.timestamp();
+    DateTime::from_timestamp(secs - secs.rem_euclid(3600), 0).unwrap_or(at)
 }
 
 /// A wake-up a store sends to the servers listening to it.
@@ -521,11 +603,27 @@ pub trait Storage: Send + Sync + Debug + 'static {
     /// A job with its history and continuations.
     async fn job(&self, id: JobId) -> Result<Option<JobDetails>>;
 
-    /// A page of jobs, newest first.
+    /// A page of jobs (see [`JobQuery`]). Filters combine with "and". Newest first, except the
+    /// enqueued jobs of one queue, which come in the order they will be fetched.
     async fn list_jobs(&self, query: JobQuery) -> Result<Vec<JobRecord>>;
 
-    /// Counts per state and per queue.
+    /// Counts per state and per queue, and the running totals, from counters kept in the same
+    /// transactions that change jobs (see [`Stats`]); paused queues are listed even when empty.
     async fn stats(&self) -> Result<Stats>;
+
+    /// Jobs that succeeded and failed per hour, for the hours starting in `[from, to)`, oldest
+    /// first; hours with neither may be missing. Hours older than [`HOURLY_STATS_KEPT`] may
+    /// have been removed by [`Storage::expire`].
+    async fn stats_history(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<HourlyStats>>;
+
+    /// Pauses a queue (no fetch takes its jobs; they stay enqueued and can still be added) or
+    /// resumes it (servers are woken with [`Signal::Enqueued`]). Pausing a paused queue, or
+    /// resuming one that is not, changes nothing.
+    async fn set_queue_paused(&self, queue: &str, paused: bool, now: DateTime<Utc>) -> Result<()>;
 
     /// Servers that are heartbeating.
     async fn servers(&self) -> Result<Vec<ServerRecord>>;

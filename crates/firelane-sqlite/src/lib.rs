@@ -62,6 +62,7 @@ mod ops;
 mod reads;
 mod schema;
 mod sql;
+mod tally;
 mod writer;
 
 use std::fmt;
@@ -71,9 +72,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use firelane_core::{
     Change, Completion, CompletionStatus, Enqueued, Error, FetchRequest, FetchedJob, Firing,
-    Heartbeat, HeartbeatReply, JobDetails, JobId, JobQuery, JobRecord, NewJob, Promotion, Recovery,
-    RecurringDef, RecurringRecord, Result, Retention, ServerId, ServerRecord, Signal, Stats,
-    Storage, async_trait,
+    Heartbeat, HeartbeatReply, HourlyStats, JobDetails, JobId, JobQuery, JobRecord, NewJob,
+    Promotion, Recovery, RecurringDef, RecurringRecord, Result, Retention, ServerId, ServerRecord,
+    Signal, Stats, Storage, async_trait, validate_queue,
 };
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
@@ -444,6 +445,25 @@ impl Storage for SqliteStorage {
 
     async fn servers(&self) -> Result<Vec<ServerRecord>> {
         read!(self, "servers", |tx| reads::servers(tx))
+    }
+
+    async fn stats_history(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<HourlyStats>> {
+        read!(self, "stats_history", |tx| reads::stats_history(
+            tx, from, to
+        ))
+    }
+
+    async fn set_queue_paused(&self, queue: &str, paused: bool, now: DateTime<Utc>) -> Result<()> {
+        validate_queue(queue)?;
+        let queue = queue.to_owned();
+        self.write("set_queue_paused", move |conn, signals| {
+            Box::pin(ops::set_queue_paused(conn, signals, queue, paused, now))
+        })
+        .await
     }
 
     async fn upsert_recurring(

@@ -14,8 +14,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use firelane_core::{
     Change, Completion, CompletionStatus, ContinuationDecision, ContinueOn, Enqueued, Error,
-    FetchRequest, FetchedJob, Firing, Heartbeat, HeartbeatReply, Initial, JobId, JobState, LeaseId,
-    NewJob, Outcome, Promotion, Recovery, RecurringDef, Retention, ServerId, Signal,
+    FetchRequest, FetchedJob, Firing, HOURLY_STATS_KEPT, Heartbeat, HeartbeatReply, Initial, JobId,
+    JobState, LeaseId, NewJob, Outcome, Promotion, Recovery, RecurringDef, Retention, ServerId,
+    Signal,
 };
 use serde_json::{Value, json};
 use sqlx::sqlite::SqliteRow;
@@ -26,6 +27,7 @@ use crate::codec::{
     retry_policy, state, time, us,
 };
 use crate::sql;
+use crate::tally::Tally;
 use crate::writer::Signals;
 
 /// An id as the hex text that `unhex` turns back into its 16 bytes.
@@ -36,6 +38,21 @@ fn hex(id: JobId) -> String {
 /// A JSON array of ids, for `SELECT unhex(value) FROM json_each(?)`.
 fn hex_array(ids: impl IntoIterator<Item = JobId>) -> String {
     Value::Array(ids.into_iter().map(|id| Value::String(hex(id))).collect()).to_string()
+}
+
+/// A query of several statements, its arguments padded with NULLs.
+///
+/// sqlx binds each statement of a text on its own: a parameter number that the statement does
+/// not use (say `?1` to `?5` in a statement that reads only `?6`) takes the next argument in
+/// turn, and when those run out it stops binding the statement, leaving its later parameters
+/// NULL. Padding gives the unused slots something to take, so every used parameter is bound.
+fn padded(
+    mut q: sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+) -> sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    for _ in 0..32 {
+        q = q.bind(None::<i64>);
+    }
+    q
 }
 
 fn limit_i64(limit: usize) -> i64 {
@@ -181,6 +198,10 @@ async fn apply_many(
     if moves.is_empty() {
         return Ok(());
     }
+    let mut tally = Tally::default();
+    for (h, e) in moves {
+        tally.moved(h.state, e.state, &h.queue, e.at);
+    }
     let rows: Vec<Value> = moves
         .iter()
         .map(|(h, e)| {
@@ -202,10 +223,14 @@ async fn apply_many(
             })
         })
         .collect();
-    sqlx::query(sql::MOVE)
-        .bind(Value::Array(rows).to_string())
-        .execute(&mut *conn)
-        .await?;
+    padded(
+        sqlx::query(sql::MOVE)
+            .bind(Value::Array(rows).to_string())
+            .bind(tally.counters_json())
+            .bind(tally.hours_json()),
+    )
+    .execute(&mut *conn)
+    .await?;
     for (h, e) in moves {
         match e.state {
             JobState::Enqueued => signals.push(Signal::Enqueued {
@@ -320,6 +345,7 @@ pub(crate) async fn enqueue(
 
     let mut out = Vec::with_capacity(jobs.len());
     let mut rows = Vec::with_capacity(jobs.len());
+    let mut tally = Tally::default();
     for job in &jobs {
         let mut parent = None;
         let mut reason = None;
@@ -353,6 +379,7 @@ pub(crate) async fn enqueue(
             _ => JobState::Enqueued,
         };
         known.insert(job.id, state);
+        tally.enter(state, &job.queue, now);
         match state {
             JobState::Enqueued => signals.push(Signal::Enqueued {
                 queue: job.queue.clone(),
@@ -382,11 +409,14 @@ pub(crate) async fn enqueue(
         }));
         out.push(Enqueued::new(job.id, state));
     }
-    sqlx::query(sql::ENQUEUE)
-        .bind(Value::Array(rows).to_string())
-        .bind(us(now))
-        .execute(&mut *conn)
-        .await?;
+    padded(
+        sqlx::query(sql::ENQUEUE)
+            .bind(Value::Array(rows).to_string())
+            .bind(us(now))
+            .bind(tally.counters_json()),
+    )
+    .execute(&mut *conn)
+    .await?;
     Ok(out)
 }
 
@@ -420,8 +450,8 @@ pub(crate) async fn fetch(
             Some(names) => {
                 sqlx::query(sql::FETCH_NAMED)
                     .bind(queue)
-                    .bind(names)
                     .bind(limit_i64(remaining))
+                    .bind(names)
                     .fetch_all(&mut *conn)
                     .await?
             }
@@ -434,13 +464,16 @@ pub(crate) async fn fetch(
             .map(|r| r.try_get("seq"))
             .collect::<Result<_, _>>()?;
         let mut leased = Vec::with_capacity(candidates.len());
+        let mut tally = Tally::default();
         for row in candidates {
             let raw_id: Vec<u8> = row.try_get("job_id")?;
             let state: Option<String> = row.try_get("state")?;
             if state.as_deref() != Some(JobState::Enqueued.as_str()) {
                 tracing::warn!(job = ?JobId::from_slice(&raw_id), ?state, "dropped the queue row of a job that is not enqueued");
+                tally.stale_queue_rows(queue, 1);
                 continue;
             }
+            tally.moved(JobState::Enqueued, JobState::Processing, queue, request.now);
             let id = job_id(&raw_id)?;
             let attempt = count_u32(row.try_get("attempt")?).saturating_add(1);
             let lease = LeaseId::new();
@@ -468,14 +501,17 @@ pub(crate) async fn fetch(
             ));
         }
         // Even with no job leased (only stale queue rows), the rows leave the queue.
-        sqlx::query(sql::FETCH_LEASE)
-            .bind(Value::Array(leased).to_string())
-            .bind(us(request.now))
-            .bind(server)
-            .bind(us(request.lease_until))
-            .bind(Value::from(seqs).to_string())
-            .execute(&mut *conn)
-            .await?;
+        padded(
+            sqlx::query(sql::FETCH_LEASE)
+                .bind(Value::Array(leased).to_string())
+                .bind(us(request.now))
+                .bind(server)
+                .bind(us(request.lease_until))
+                .bind(Value::from(seqs).to_string())
+                .bind(tally.counters_json()),
+        )
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(out)
 }
@@ -698,11 +734,21 @@ pub(crate) async fn expire(
             .map(|b| job_id(b))
             .collect::<Result<Vec<_>, Error>>()?;
         removed += ids.len() as u64;
+        let mut tally = Tally::default();
+        tally.removed(s, i64::try_from(ids.len()).unwrap_or(i64::MAX));
         sqlx::query(sql::EXPIRE_HISTORY)
             .bind(hex_array(ids))
             .execute(&mut *conn)
             .await?;
+        sqlx::query(sql::ADD_COUNTERS)
+            .bind(tally.counters_json())
+            .execute(&mut *conn)
+            .await?;
     }
+    sqlx::query(sql::EXPIRE_HOURS)
+        .bind(us(minus(now, HOURLY_STATS_KEPT)))
+        .execute(&mut *conn)
+        .await?;
     Ok(removed)
 }
 
@@ -895,4 +941,30 @@ pub(crate) async fn trigger_recurring(
         .execute(&mut *conn)
         .await?;
     Ok(created)
+}
+
+/// [`firelane_core::Storage::set_queue_paused`].
+pub(crate) async fn set_queue_paused(
+    conn: &mut SqliteConnection,
+    signals: &mut Signals,
+    queue: String,
+    paused: bool,
+    now: DateTime<Utc>,
+) -> OpResult<()> {
+    if paused {
+        sqlx::query(sql::QUEUE_PAUSE)
+            .bind(&queue)
+            .bind(us(now))
+            .execute(&mut *conn)
+            .await?;
+    } else {
+        let resumed: Option<String> = sqlx::query_scalar(sql::QUEUE_RESUME)
+            .bind(&queue)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if resumed.is_some() {
+            signals.push(Signal::Enqueued { queue });
+        }
+    }
+    Ok(())
 }

@@ -3,15 +3,16 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use firelane_core::{
-    Error, JobDetails, JobId, JobQuery, JobRecord, JobState, QueueStats, RecurringRecord,
-    ServerInfo, ServerRecord, Stats,
+    Error, HourlyStats, JobDetails, JobId, JobQuery, JobRecord, JobState, QueueStats,
+    RecurringRecord, ServerInfo, ServerRecord, Stats,
 };
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 
 use crate::codec::{
     JOB_COLUMNS, OpResult, RECURRING_COLUMNS, count_u64, history_entry, job_id, job_record,
-    recurring_record, state, time,
+    recurring_record, state, time, us,
 };
 
 /// [`firelane_core::Storage::job`].
@@ -52,67 +53,173 @@ pub(crate) async fn list_jobs(
     conn: &mut SqliteConnection,
     query: JobQuery,
 ) -> OpResult<Vec<JobRecord>> {
+    let limit = i64::from(query.effective_limit());
+    let offset = i64::try_from(query.offset).unwrap_or(i64::MAX);
+
+    // The enqueued jobs of one queue, in the order a fetch takes them: read from the queue
+    // table's fetch index, then each job by id.
+    let only_queue_order = query.state == Some(JobState::Enqueued)
+        && query.queue.is_some()
+        && query.name.is_none()
+        && query.search.is_none()
+        && query.created_from.is_none()
+        && query.created_to.is_none();
+    if only_queue_order {
+        let sql = format!(
+            "WITH page AS (SELECT job_id, priority AS qp, seq AS qs FROM queue
+                 WHERE queue = ?1 ORDER BY priority DESC, seq LIMIT ?2 OFFSET ?3)
+             SELECT {JOB_COLUMNS} FROM page JOIN jobs ON jobs.id = page.job_id
+             ORDER BY page.qp DESC, page.qs"
+        );
+        return sqlx::query(AssertSqlSafe(sql))
+            .bind(query.queue.as_deref())
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(conn)
+            .await?
+            .iter()
+            .map(job_record)
+            .collect();
+    }
+
     // Only fixed fragments go into the text; every value is bound.
     let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
-    if query.state.is_some() {
-        sql.push_str(" AND state = ?");
-    }
-    if query.queue.is_some() {
-        sql.push_str(" AND queue = ?");
-    }
-    if query.name.is_some() {
-        sql.push_str(" AND name = ?");
-    }
-    sql.push_str(" ORDER BY id DESC LIMIT ? OFFSET ?");
-    let mut q = sqlx::query(AssertSqlSafe(sql));
+    let mut binds: Vec<Bind> = Vec::new();
     if let Some(s) = query.state {
-        q = q.bind(s.as_str());
+        sql.push_str(" AND state = ?");
+        binds.push(Bind::Text(s.as_str().to_owned()));
+    }
+    if query.retries {
+        sql.push_str(" AND attempt > 0");
     }
     if let Some(queue) = &query.queue {
-        q = q.bind(queue.as_str());
+        sql.push_str(" AND queue = ?");
+        binds.push(Bind::Text(queue.clone()));
     }
     if let Some(name) = &query.name {
-        q = q.bind(name.as_str());
+        sql.push_str(" AND name = ?");
+        binds.push(Bind::Text(name.clone()));
     }
-    q = q
-        .bind(i64::from(query.effective_limit()))
-        .bind(i64::try_from(query.offset).unwrap_or(i64::MAX));
+    if let Some(from) = query.created_from {
+        sql.push_str(" AND created_at >= ?");
+        binds.push(Bind::Int(us(from)));
+    }
+    if let Some(to) = query.created_to {
+        sql.push_str(" AND created_at < ?");
+        binds.push(Bind::Int(us(to)));
+    }
+    if let Some(text) = &query.search {
+        let text = text.trim();
+        if let Ok(id) = text.parse::<JobId>() {
+            sql.push_str(" AND id = ?");
+            binds.push(Bind::Blob(id.as_bytes().to_vec()));
+        } else {
+            // Newest first, stopping at the page's end: a search for a common text reads only
+            // the newest jobs; one that matches little reads more of the table.
+            sql.push_str(" AND (queue = ? OR instr(name, ?) > 0 OR instr(args, ?) > 0)");
+            for _ in 0..3 {
+                binds.push(Bind::Text(text.to_owned()));
+            }
+        }
+    }
+    sql.push_str(" ORDER BY id DESC LIMIT ? OFFSET ?");
+    binds.push(Bind::Int(limit));
+    binds.push(Bind::Int(offset));
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for b in binds {
+        q = match b {
+            Bind::Text(t) => q.bind(t),
+            Bind::Int(i) => q.bind(i),
+            Bind::Blob(b) => q.bind(b),
+        };
+    }
     q.fetch_all(conn).await?.iter().map(job_record).collect()
 }
 
-/// [`firelane_core::Storage::stats`].
+/// A value bound to a query built piece by piece.
+enum Bind {
+    Text(String),
+    Int(i64),
+    Blob(Vec<u8>),
+}
+
+/// [`firelane_core::Storage::stats`]: the counters, the paused queues, and the processing jobs
+/// per queue (read through the partial index of processing jobs, which holds only running
+/// jobs).
 pub(crate) async fn stats(conn: &mut SqliteConnection) -> OpResult<Stats> {
     let mut states = BTreeMap::new();
-    for row in sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+    let mut queues: BTreeMap<String, (u64, u64, bool)> = BTreeMap::new();
+    let (mut succeeded_total, mut failed_total) = (0, 0);
+    for row in sqlx::query("SELECT key, n FROM counters")
         .fetch_all(&mut *conn)
         .await?
     {
-        let s: JobState = state(&row.try_get::<String, _>("state")?)?;
-        states.insert(s, count_u64(row.try_get("n")?));
-    }
-    let mut queues: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for row in sqlx::query("SELECT queue, COUNT(*) AS n FROM queue GROUP BY queue")
-        .fetch_all(&mut *conn)
-        .await?
-    {
-        queues.entry(row.try_get("queue")?).or_default().0 = count_u64(row.try_get("n")?);
+        let key: String = row.try_get("key")?;
+        let n = count_u64(row.try_get("n")?);
+        if let Some(s) = key.strip_prefix("state:") {
+            if n > 0 {
+                states.insert(state(s)?, n);
+            }
+        } else if let Some(q) = key.strip_prefix("queue:") {
+            if n > 0 {
+                queues.entry(q.to_owned()).or_default().0 = n;
+            }
+        } else if key == "total:succeeded" {
+            succeeded_total = n;
+        } else if key == "total:failed" {
+            failed_total = n;
+        }
     }
     for row in sqlx::query(
-        "SELECT queue, COUNT(*) AS n FROM jobs WHERE state = 'processing' GROUP BY queue",
+        "SELECT queue, COUNT(*) AS n FROM jobs INDEXED BY jobs_processing
+         WHERE state = 'processing' GROUP BY queue",
     )
     .fetch_all(&mut *conn)
     .await?
     {
         queues.entry(row.try_get("queue")?).or_default().1 = count_u64(row.try_get("n")?);
     }
+    for queue in sqlx::query_scalar::<_, String>("SELECT queue FROM paused_queues")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        queues.entry(queue).or_default().2 = true;
+    }
     let servers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM servers")
         .fetch_one(&mut *conn)
         .await?;
     let queues = queues
         .into_iter()
-        .map(|(name, (enqueued, processing))| QueueStats::new(name, enqueued, processing))
+        .map(|(name, (enqueued, processing, paused))| {
+            QueueStats::new(name, enqueued, processing, paused)
+        })
         .collect();
-    Ok(Stats::new(states, queues, count_u64(servers)))
+    Ok(Stats::new(states, queues, count_u64(servers)).totals(succeeded_total, failed_total))
+}
+
+/// [`firelane_core::Storage::stats_history`].
+pub(crate) async fn stats_history(
+    conn: &mut SqliteConnection,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> OpResult<Vec<HourlyStats>> {
+    sqlx::query(
+        "SELECT hour, succeeded, failed FROM stats_hourly
+         WHERE hour >= ? AND hour < ? ORDER BY hour",
+    )
+    .bind(us(from))
+    .bind(us(to))
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(|row| {
+        Ok(HourlyStats::new(
+            time(row.try_get("hour")?)?,
+            count_u64(row.try_get("succeeded")?),
+            count_u64(row.try_get("failed")?),
+        ))
+    })
+    .collect()
 }
 
 /// [`firelane_core::Storage::servers`].

@@ -136,10 +136,42 @@ CREATE TABLE recurring (
 CREATE INDEX recurring_due ON recurring (next_run) WHERE paused = 0 AND next_run IS NOT NULL;
 ",
     },
+    Migration {
+        version: 3,
+        description: "counters, hourly figures and paused queues",
+        sql: "
+-- Counts kept by the transactions that change jobs, so that monitoring never counts rows:
+-- 'state:<state>' (jobs in a state), 'queue:<name>' (rows of `queue` for a queue), and
+-- 'total:succeeded' / 'total:failed' (running totals, not lowered when jobs expire).
+CREATE TABLE counters (
+    key TEXT PRIMARY KEY NOT NULL,
+    n   INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO counters (key, n) SELECT 'state:' || state, COUNT(*) FROM jobs GROUP BY state;
+INSERT INTO counters (key, n) SELECT 'queue:' || queue, COUNT(*) FROM queue GROUP BY queue;
+INSERT INTO counters (key, n)
+    SELECT 'total:' || state, COUNT(*) FROM jobs WHERE state IN ('succeeded', 'failed')
+    GROUP BY state;
+
+-- Jobs that succeeded and failed per hour (`hour`: the hour's start, microseconds since the
+-- epoch), for history graphs; hours older than eight days are removed by `expire`.
+CREATE TABLE stats_hourly (
+    hour      INTEGER PRIMARY KEY,
+    succeeded INTEGER NOT NULL DEFAULT 0,
+    failed    INTEGER NOT NULL DEFAULT 0
+);
+
+-- Queues that no fetch takes jobs from.
+CREATE TABLE paused_queues (
+    queue     TEXT PRIMARY KEY NOT NULL,
+    paused_at INTEGER NOT NULL
+) WITHOUT ROWID;
+",
+    },
 ];
 
 /// The newest schema version this build knows.
-pub(crate) const LATEST: i64 = 2;
+pub(crate) const LATEST: i64 = 3;
 
 /// Why a database cannot be used.
 #[derive(Debug)]
@@ -246,7 +278,7 @@ mod tests {
             .connect()
             .await?;
         let first = migrate(&mut conn).await.map_err(|e| format!("{e:?}"))?;
-        assert_eq!(first, vec![1, 2]);
+        assert_eq!(first, vec![1, 2, 3]);
         let second = migrate(&mut conn).await.map_err(|e| format!("{e:?}"))?;
         assert!(second.is_empty());
         assert_eq!(version(&mut conn).await?, LATEST);
@@ -254,8 +286,8 @@ mod tests {
         Ok(())
     }
 
-    /// A database that received only version 1 (as Firelane 0.1 made them) gets version 2,
-    /// and its rows stay.
+    /// A database that received only version 1 (as Firelane 0.1 made them) gets the later
+    /// versions, its rows stay, and its counters start from the rows it has.
     #[tokio::test]
     async fn a_version_1_database_is_migrated() -> Result<(), Box<dyn std::error::Error>> {
         let mut conn = SqliteConnectOptions::new()
@@ -280,10 +312,36 @@ mod tests {
         sqlx::query("INSERT INTO servers (id, info, last_heartbeat) VALUES ('s', '{}', 0)")
             .execute(&mut conn)
             .await?;
+        for (id, state) in [(1, "succeeded"), (2, "succeeded"), (3, "enqueued")] {
+            sqlx::query(
+                "INSERT INTO jobs (id, name, queue, priority, args, state, max_attempts,
+                     created_at, state_at) VALUES (?, 'n', 'mail', 0, '{}', ?, 1, 0, 0)",
+            )
+            .bind(vec![id as u8; 16])
+            .bind(state)
+            .execute(&mut conn)
+            .await?;
+        }
+        sqlx::query("INSERT INTO queue (queue, priority, name, job_id) VALUES ('mail', 0, 'n', ?)")
+            .bind(vec![3u8; 16])
+            .execute(&mut conn)
+            .await?;
 
         let applied = migrate(&mut conn).await.map_err(|e| format!("{e:?}"))?;
-        assert_eq!(applied, vec![2]);
-        assert_eq!(version(&mut conn).await?, 2);
+        assert_eq!(applied, vec![2, 3]);
+        assert_eq!(version(&mut conn).await?, LATEST);
+        let counters: Vec<(String, i64)> =
+            sqlx::query_as("SELECT key, n FROM counters ORDER BY key")
+                .fetch_all(&mut conn)
+                .await?;
+        let expected = [
+            ("queue:mail", 1),
+            ("state:enqueued", 1),
+            ("state:succeeded", 2),
+            ("total:succeeded", 2),
+        ]
+        .map(|(k, n)| (k.to_owned(), n));
+        assert_eq!(counters, expected);
         let recurring: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM recurring")
             .fetch_one(&mut conn)
             .await?;

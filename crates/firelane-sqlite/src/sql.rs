@@ -13,16 +13,42 @@ macro_rules! head_columns {
     };
 }
 
-/// A fetch's candidates: the queue rows and what their jobs need.
+/// A fetch's candidates in queue `?1` (none while it is paused), at most `?2`: the queue rows
+/// and what their jobs need.
 macro_rules! fetch_select {
     ($filter:literal) => {
         concat!(
             "SELECT q.seq, q.job_id, j.state, j.name, j.queue, j.priority, j.args, j.attempt,
                     j.max_attempts, j.retry_delays, j.timeout_ms, j.created_at, j.state_at
              FROM queue q LEFT JOIN jobs j ON j.id = q.job_id
-             WHERE q.queue = ? ",
+             WHERE q.queue = ?1 AND NOT EXISTS (SELECT 1 FROM paused_queues WHERE queue = ?1) ",
             $filter,
-            " ORDER BY q.priority DESC, q.seq LIMIT ?"
+            " ORDER BY q.priority DESC, q.seq LIMIT ?2"
+        )
+    };
+}
+
+/// Adds to counters: `?N` is a JSON object of keys and amounts (see the `counters` table).
+macro_rules! add_counters {
+    ($param:literal) => {
+        concat!(
+            "INSERT INTO counters (key, n) SELECT key, value FROM json_each(",
+            $param,
+            ") WHERE value <> 0 ON CONFLICT (key) DO UPDATE SET n = n + excluded.n"
+        )
+    };
+}
+
+/// Adds to hourly figures: `?N` is a JSON array of `[hour, succeeded, failed]`.
+macro_rules! add_hours {
+    ($param:literal) => {
+        concat!(
+            "INSERT INTO stats_hourly (hour, succeeded, failed)
+                 SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(",
+            $param,
+            ") WHERE true
+             ON CONFLICT (hour) DO UPDATE SET succeeded = succeeded + excluded.succeeded,
+                 failed = failed + excluded.failed"
         )
     };
 }
@@ -39,8 +65,10 @@ pub(crate) const HEADS: &str = concat!(
 
 /// Moves jobs to new states (`?1`, a JSON array of moves), in one round trip: takes the jobs
 /// that leave their queue (`"deq": 1`) out of the queue table, updates the rows, adds queue
-/// rows for the moves into `enqueued` and history rows for all, in order.
-pub(crate) const MOVE: &str = "DELETE FROM queue WHERE job_id IN (
+/// rows for the moves into `enqueued` and history rows for all, in order, and adds the
+/// counters `?2` and hourly figures `?3`.
+pub(crate) const MOVE: &str = concat!(
+    "DELETE FROM queue WHERE job_id IN (
                  SELECT unhex(x.value ->> 'id') FROM jsonb_each(?1) AS x
                  WHERE x.value ->> 'deq' = 1);
          UPDATE jobs SET state = x.value ->> 'state', attempt = x.value ->> 'attempt',
@@ -57,7 +85,13 @@ pub(crate) const MOVE: &str = "DELETE FROM queue WHERE job_id IN (
              SELECT unhex(x.value ->> 'id'), x.value ->> 'state', x.value ->> 'at',
                     x.value ->> 'reason', x.value ->> 'server', x.value ->> 'attempt',
                     x.value ->> 'dur', x.value ->> 'error'
-             FROM jsonb_each(?1) AS x ORDER BY x.key";
+             FROM jsonb_each(?1) AS x ORDER BY x.key;
+         ",
+    add_counters!("?2"),
+    ";
+         ",
+    add_hours!("?3")
+);
 
 /// The awaiting continuations of jobs (a JSON array of hex ids).
 pub(crate) const CHILDREN: &str = concat!(
@@ -71,8 +105,8 @@ pub(crate) const PARENT_STATES: &str =
     "SELECT id, state FROM jobs WHERE id IN (SELECT unhex(value) FROM json_each(?))";
 
 /// New jobs (`?1`, a JSON array), created at `?2`, in one round trip: the rows, the queue rows
-/// of the enqueued ones and the first history row of each, in order.
-pub(crate) const ENQUEUE: &str =
+/// of the enqueued ones and the first history row of each, in order, and the counters `?3`.
+pub(crate) const ENQUEUE: &str = concat!(
     "INSERT INTO jobs (id, name, queue, priority, args, state, attempt,
              max_attempts, retry_delays, timeout_ms, created_at, state_at, due_at, parent_id,
              continue_on, reason, finished_at)
@@ -88,19 +122,22 @@ pub(crate) const ENQUEUE: &str =
              FROM jsonb_each(?1) AS x WHERE x.value ->> 'state' = 'enqueued' ORDER BY x.key;
          INSERT INTO history (job_id, state, at, reason, attempt)
              SELECT unhex(x.value ->> 'id'), x.value ->> 'state', ?2, x.value ->> 'reason', 0
-             FROM jsonb_each(?1) AS x ORDER BY x.key";
+             FROM jsonb_each(?1) AS x ORDER BY x.key;
+         ",
+    add_counters!("?3")
+);
 
 /// A fetch's candidates in one queue.
 pub(crate) const FETCH_ANY: &str = fetch_select!("");
 
-/// A fetch's candidates in one queue, among some job names (a JSON array).
+/// A fetch's candidates in one queue, among some job names (`?3`, a JSON array).
 pub(crate) const FETCH_NAMED: &str =
-    fetch_select!("AND q.name IN (SELECT value FROM json_each(?))");
+    fetch_select!("AND q.name IN (SELECT value FROM json_each(?3))");
 
 /// Leases fetched jobs, in one round trip: takes their rows out of the queue table (`?5`, a
 /// JSON array of seqs), leases the jobs (`?1`, a JSON array of ids, leases and attempts) at
-/// `?2` for server `?3` until `?4`, and adds their history rows.
-pub(crate) const FETCH_LEASE: &str =
+/// `?2` for server `?3` until `?4`, adds their history rows and the counters `?6`.
+pub(crate) const FETCH_LEASE: &str = concat!(
     "DELETE FROM queue WHERE seq IN (SELECT value FROM json_each(?5));
          UPDATE jobs SET state = 'processing', attempt = x.value ->> 'attempt', state_at = ?2,
                  lease_id = unhex(x.value ->> 'lease'), lease_server = ?3, lease_until = ?4,
@@ -109,7 +146,10 @@ pub(crate) const FETCH_LEASE: &str =
              WHERE jobs.id = unhex(x.value ->> 'id');
          INSERT INTO history (job_id, state, at, server, attempt)
              SELECT unhex(x.value ->> 'id'), 'processing', ?2, ?3, x.value ->> 'attempt'
-             FROM jsonb_each(?1) AS x ORDER BY x.key";
+             FROM jsonb_each(?1) AS x ORDER BY x.key;
+         ",
+    add_counters!("?6")
+);
 
 /// Records a heartbeat.
 pub(crate) const SERVER_UPSERT: &str =
@@ -155,6 +195,19 @@ pub(crate) const EXPIRE_JOBS: &str = "DELETE FROM jobs WHERE id IN (
                  WHERE state = ? AND finished_at IS NOT NULL AND finished_at <= ?
                  ORDER BY finished_at LIMIT ?)
              RETURNING id";
+
+/// Adds to counters (`?`, a JSON object of keys and amounts).
+pub(crate) const ADD_COUNTERS: &str = add_counters!("?1");
+
+/// Removes hourly figures of hours that started before `?`.
+pub(crate) const EXPIRE_HOURS: &str = "DELETE FROM stats_hourly WHERE hour < ?";
+
+/// Pauses queue `?1` at `?2`.
+pub(crate) const QUEUE_PAUSE: &str =
+    "INSERT INTO paused_queues (queue, paused_at) VALUES (?1, ?2) ON CONFLICT (queue) DO NOTHING";
+
+/// Resumes a queue; returns it if it was paused.
+pub(crate) const QUEUE_RESUME: &str = "DELETE FROM paused_queues WHERE queue = ? RETURNING queue";
 
 /// Removes the history of removed jobs (a JSON array of hex ids).
 pub(crate) const EXPIRE_HISTORY: &str =
@@ -240,6 +293,10 @@ mod tests {
         ("LAPSED", super::LAPSED),
         ("EXPIRE_JOBS", super::EXPIRE_JOBS),
         ("EXPIRE_HISTORY", super::EXPIRE_HISTORY),
+        ("ADD_COUNTERS", super::ADD_COUNTERS),
+        ("EXPIRE_HOURS", super::EXPIRE_HOURS),
+        ("QUEUE_PAUSE", super::QUEUE_PAUSE),
+        ("QUEUE_RESUME", super::QUEUE_RESUME),
         ("RECURRING_UPSERT", super::RECURRING_UPSERT),
         ("RECURRING_DELETE", super::RECURRING_DELETE),
         ("RECURRING_PAUSE", super::RECURRING_PAUSE),

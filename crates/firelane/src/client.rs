@@ -9,7 +9,9 @@ use crate::job::{Job, JobOptions, JobRequest};
 use crate::{
     Change, ContinueOn, CronSchedule, Error, Initial, IntoStorage, JobDetails, JobId, JobQuery,
     JobRecord, JobState, Misfire, NewJob, RecurringRecord, Result, ServerRecord, Stats, Storage,
+    validate_queue,
 };
+use firelane_core::HourlyStats;
 use firelane_core::{JobTemplate, RecurringDef};
 
 /// The largest job arguments a client accepts by default: 1 MiB of JSON.
@@ -266,9 +268,53 @@ impl Client {
         self.storage.list_jobs(query).await
     }
 
-    /// Counts per state and queue.
+    /// Counts per state and queue, and the running totals of succeeded and failed jobs.
     pub async fn stats(&self) -> Result<Stats> {
         self.storage.stats().await
+    }
+
+    /// Jobs succeeded and failed per hour, for the hours starting in `[from, to)`.
+    pub async fn stats_history(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<HourlyStats>> {
+        self.storage.stats_history(from, to).await
+    }
+
+    /// Pauses a queue: servers stop taking its jobs, which stay enqueued (and can still be
+    /// added) until [`Client::resume_queue`].
+    pub async fn pause_queue(&self, queue: &str) -> Result<()> {
+        validate_queue(queue)?;
+        self.storage.set_queue_paused(queue, true, Utc::now()).await
+    }
+
+    /// Resumes a paused queue; servers are woken at once.
+    pub async fn resume_queue(&self, queue: &str) -> Result<()> {
+        validate_queue(queue)?;
+        self.storage
+            .set_queue_paused(queue, false, Utc::now())
+            .await
+    }
+
+    /// Cancels a processing job: it loses its lease and ends deleted with `reason`, and the
+    /// server running it is told to stop (the job's [`crate::Cancellation`] fires). A job that is
+    /// not processing is refused with [`Error::Refused`]. (A job that finishes between the check
+    /// and the cancel is deleted all the same; its history keeps both.)
+    pub async fn cancel(&self, id: JobId, reason: &str) -> Result<()> {
+        let state = self.job(id).await?.job.state;
+        if state != JobState::Processing {
+            return Err(Error::Refused {
+                id,
+                state,
+                action: "cancel",
+            });
+        }
+        single_change(
+            id,
+            self.storage.delete(&[id], reason, Utc::now()).await?,
+            "cancel",
+        )
     }
 
     /// The servers that are alive.

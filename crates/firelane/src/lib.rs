@@ -68,9 +68,10 @@ pub use job::{
 pub use server::{Server, ServerBuilder, ShutdownReport};
 
 pub use firelane_core::{
-    BoxError, Change, ContinueOn, CronSchedule, Error, HistoryEntry, Initial, IntoStorage,
-    JobDetails, JobId, JobQuery, JobRecord, JobState, Misfire, NewJob, QueueStats, RecurringRecord,
-    Result, Retention, RetryPolicy, ServerId, ServerRecord, Stats, Storage, validate_queue,
+    BoxError, Change, ContinueOn, CronSchedule, Error, HistoryEntry, HourlyStats, Initial,
+    IntoStorage, JobDetails, JobId, JobQuery, JobRecord, JobState, Misfire, NewJob, QueueStats,
+    RecurringRecord, Result, Retention, RetryPolicy, ServerId, ServerRecord, Stats, Storage,
+    validate_queue,
 };
 
 /// What a backend implements, for those writing or testing one.
