@@ -531,6 +531,63 @@ pub async fn deleting_a_processing_job_cancels_it(store: Arc<dyn Storage>) {
     server.shutdown().await.unwrap();
 }
 
+/// A paused queue keeps its jobs enqueued while servers run; resuming it runs them at once.
+pub async fn paused_queue_waits_until_resumed(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let client = Client::new(Arc::clone(&store));
+    client.pause_queue("default").await.unwrap();
+    let server = builder(&store, &probe).start().await.unwrap();
+    let id = client
+        .enqueue(act(Act::Succeed("paused".into())))
+        .await
+        .unwrap();
+    // Several poll intervals and wake-ups pass: the job stays where it is.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(client.job(id).await.unwrap().job.state, JobState::Enqueued);
+    assert_eq!(probe.runs("paused"), 0);
+    assert!(client.pause_queue("Not A Queue").await.is_err());
+    let started = std::time::Instant::now();
+    client.resume_queue("default").await.unwrap();
+    wait_state(&client, id, JobState::Succeeded).await;
+    eprintln!("ran {:?} after the resume", started.elapsed());
+    server.shutdown().await.unwrap();
+}
+
+/// `Client::cancel` stops a running job (it ends deleted with the reason given) and refuses a
+/// job that is not running.
+pub async fn cancel_stops_a_running_job(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let id = client
+        .enqueue(act(Act::AwaitCancel("c".into())))
+        .await
+        .unwrap();
+    wait_state(&client, id, JobState::Processing).await;
+    client.cancel(id, "cancelled from a test").await.unwrap();
+    eventually("the job to see its cancellation", WAIT, || async {
+        (probe.runs("c") == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        *probe.cancel_reasons.lock().unwrap(),
+        [CancelReason::Deleted]
+    );
+    let d = client.job(id).await.unwrap();
+    assert_eq!(d.job.state, JobState::Deleted);
+    assert_eq!(d.job.reason.as_deref(), Some("cancelled from a test"));
+    let done = client
+        .enqueue(act(Act::Succeed("done".into())))
+        .await
+        .unwrap();
+    wait_state(&client, done, JobState::Succeeded).await;
+    assert!(matches!(
+        client.cancel(done, "too late").await,
+        Err(firelane::Error::Refused { .. })
+    ));
+    server.shutdown().await.unwrap();
+}
+
 /// Shutdown waits for a job that finishes within the timeout.
 pub async fn shutdown_waits_for_running_jobs(store: Arc<dyn Storage>) {
     let probe = Probe::default();
@@ -1577,6 +1634,8 @@ macro_rules! server_suite {
             recurring_client_api,
             requeued_running_job_on_the_same_server_runs_twice,
             absurd_durations_are_errors_not_panics,
+            paused_queue_waits_until_resumed,
+            cancel_stops_a_running_job,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

@@ -72,6 +72,12 @@ macro_rules! storage_suite {
             list_jobs_filters,
             list_jobs_pages_newest_first,
             stats_counts_states_queues_and_servers,
+            stats_keep_running_totals_and_hourly_figures,
+            stats_history_is_kept_eight_days,
+            paused_queue_is_not_fetched,
+            list_jobs_search,
+            list_jobs_created_range_and_retries,
+            list_jobs_enqueued_in_fetch_order,
             continuation_chain,
             continuation_fan_out,
             continuation_parent_deleted,
@@ -3569,4 +3575,280 @@ pub async fn signal_recurring_changed(store: Arc<dyn Storage>) {
         *s == Signal::RecurringChanged
     })
     .await;
+}
+
+pub async fn stats_keep_running_totals_and_hourly_figures(store: Arc<dyn Storage>) {
+    // Two hours apart, so the figures land in two hours.
+    let now = firelane_core::hour_of(t0()) + secs(600);
+    let later = now + secs(3600);
+    let s = server("totals");
+    for (at, outcome) in [
+        (now, Outcome::Succeeded),
+        (now, Outcome::Succeeded),
+        (now, Outcome::Failed { error: "e".into() }),
+        (later, Outcome::Succeeded),
+        // Neither a success nor a failure for good: not counted.
+        (later, Outcome::Cancelled { reason: "c".into() }),
+        (
+            later,
+            Outcome::Retry {
+                at: later + secs(60),
+                error: "again".into(),
+            },
+        ),
+    ] {
+        add(&store, job("t"), at).await;
+        let f = fetch_one(&store, &s, at).await;
+        complete(&store, &f, &s, outcome, at).await;
+    }
+    let st = store.stats().await.unwrap();
+    assert_eq!((st.succeeded_total, st.failed_total), (3, 1));
+
+    let hour = firelane_core::hour_of(now);
+    let figures = store
+        .stats_history(hour - secs(3600), hour + secs(3 * 3600))
+        .await
+        .unwrap();
+    let figures: Vec<_> = figures
+        .iter()
+        .filter(|h| h.succeeded > 0 || h.failed > 0)
+        .map(|h| (h.hour, h.succeeded, h.failed))
+        .collect();
+    assert_eq!(
+        figures,
+        vec![(hour, 2, 1), (hour + secs(3600), 1, 0)],
+        "hourly figures"
+    );
+    // The range is [from, to): the second hour alone.
+    let second = store
+        .stats_history(hour + secs(3600), hour + secs(7200))
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert!(
+        store
+            .stats_history(hour + secs(7200), hour + secs(9000))
+            .await
+            .unwrap()
+            .iter()
+            .all(|h| h.succeeded == 0 && h.failed == 0)
+    );
+
+    // Expiring finished jobs lowers the state counts but not the totals or the figures.
+    let removed = store
+        .expire(
+            later + secs(10),
+            Retention::new(
+                Some(Duration::ZERO),
+                Some(Duration::ZERO),
+                Some(Duration::ZERO),
+            ),
+            1000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(removed, 5);
+    let st = store.stats().await.unwrap();
+    assert_eq!(st.count(JobState::Succeeded), 0);
+    assert_eq!(st.count(JobState::Failed), 0);
+    assert_eq!((st.succeeded_total, st.failed_total), (3, 1));
+    let after = store.stats_history(hour, hour + secs(7200)).await.unwrap();
+    assert_eq!(after.iter().map(|h| h.succeeded).sum::<u64>(), 3);
+}
+
+pub async fn stats_history_is_kept_eight_days(store: Arc<dyn Storage>) {
+    let old = firelane_core::hour_of(t0()) - secs(10 * 24 * 3600);
+    let s = server("old");
+    add(&store, job("t"), old).await;
+    let f = fetch_one(&store, &s, old).await;
+    complete(&store, &f, &s, Outcome::Succeeded, old).await;
+    let seen = |v: Vec<firelane_core::HourlyStats>| v.iter().map(|h| h.succeeded).sum::<u64>();
+    let range = (old - secs(3600), old + secs(3600));
+    assert_eq!(
+        seen(store.stats_history(range.0, range.1).await.unwrap()),
+        1
+    );
+    // Expiry keeps finished jobs (no retention) but drops hours older than eight days.
+    store
+        .expire(t0(), Retention::new(None, None, None), 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        seen(store.stats_history(range.0, range.1).await.unwrap()),
+        0
+    );
+    assert_eq!(store.stats().await.unwrap().succeeded_total, 1);
+}
+
+pub async fn paused_queue_is_not_fetched(store: Arc<dyn Storage>) {
+    let now = t0();
+    let s = server("paused");
+    let mut signals = store.subscribe();
+    add_many(
+        &store,
+        vec![job_in("a", "emails"), job_in("b", "reports")],
+        now,
+    )
+    .await;
+    store.set_queue_paused("emails", true, now).await.unwrap();
+    // Idempotent.
+    store.set_queue_paused("emails", true, now).await.unwrap();
+    let got = fetch(&store, &s, &["emails", "reports"], 10, now).await;
+    assert_eq!(
+        got.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>(),
+        ["reports"]
+    );
+    // A paused queue still takes new jobs, and shows in the stats with them.
+    add(&store, job_in("a", "emails"), now).await;
+    assert!(fetch(&store, &s, &["emails"], 10, now).await.is_empty());
+    let st = store.stats().await.unwrap();
+    let emails = st.queues.iter().find(|q| q.name == "emails").unwrap();
+    assert!(emails.paused);
+    assert_eq!(emails.enqueued, 2);
+    // A paused queue with no jobs is listed too.
+    store.set_queue_paused("idle", true, now).await.unwrap();
+    let st = store.stats().await.unwrap();
+    assert!(st.queues.iter().any(|q| q.name == "idle" && q.paused));
+    store.set_queue_paused("idle", false, now).await.unwrap();
+
+    while signals.try_recv().is_ok() {}
+    store.set_queue_paused("emails", false, now).await.unwrap();
+    let woke = std::iter::from_fn(|| signals.try_recv().ok()).any(|sig| {
+        sig == Signal::Enqueued {
+            queue: "emails".into(),
+        }
+    });
+    assert!(woke, "resuming a queue wakes the servers");
+    assert_eq!(fetch(&store, &s, &["emails"], 10, now).await.len(), 2);
+    let st = store.stats().await.unwrap();
+    assert!(st.queues.iter().all(|q| !q.paused), "{st:?}");
+    // Resuming a queue that is not paused is allowed and changes nothing.
+    store.set_queue_paused("emails", false, now).await.unwrap();
+}
+
+pub async fn list_jobs_search(store: Arc<dyn Storage>) {
+    let now = t0();
+    let mut welcome = NewJob::new("send_welcome_email", r#"{"to":"ada@example.com"}"#);
+    welcome.queue = "emails".into();
+    let report = NewJob::new("build_report", r#"{"month":"2026-11"}"#);
+    let other = NewJob::new("cleanup", r#"{"older_than_days":30}"#);
+    let ids = add_many(&store, vec![welcome, report, other], now).await;
+    let found = |q: JobQuery| {
+        let store = Arc::clone(&store);
+        async move { ids_of(store.list_jobs(q).await.unwrap()) }
+    };
+    // Argument text.
+    assert_eq!(
+        found(JobQuery::new().search("ada@example")).await,
+        vec![ids[0]]
+    );
+    // Part of a name.
+    assert_eq!(found(JobQuery::new().search("report")).await, vec![ids[1]]);
+    // A queue.
+    assert_eq!(found(JobQuery::new().search("emails")).await, vec![ids[0]]);
+    // An id, whole.
+    assert_eq!(
+        found(JobQuery::new().search(ids[2].to_string())).await,
+        vec![ids[2]]
+    );
+    // Combined with a state.
+    assert!(
+        found(JobQuery::new().search("ada").state(JobState::Failed))
+            .await
+            .is_empty()
+    );
+    // Nothing, and text that looks like SQL is just text.
+    assert!(found(JobQuery::new().search("nobody")).await.is_empty());
+    assert!(
+        found(JobQuery::new().search("%' OR 1=1 --"))
+            .await
+            .is_empty()
+    );
+    // An empty search is no filter.
+    assert_eq!(found(JobQuery::new().search("")).await.len(), 3);
+}
+
+pub async fn list_jobs_created_range_and_retries(store: Arc<dyn Storage>) {
+    let now = t0();
+    let early = add(&store, job("t"), now - secs(3600)).await;
+    let middle = add(&store, job("t"), now - secs(60)).await;
+    let late = add(&store, job("t"), now).await;
+    let found = |q: JobQuery| {
+        let store = Arc::clone(&store);
+        async move { ids_of(store.list_jobs(q).await.unwrap()) }
+    };
+    assert_eq!(
+        found(JobQuery::new().created(Some(now - secs(120)), None)).await,
+        vec![late, middle]
+    );
+    assert_eq!(
+        found(JobQuery::new().created(None, Some(now - secs(60)))).await,
+        vec![early]
+    );
+    assert_eq!(
+        found(JobQuery::new().created(Some(now - secs(60)), Some(now))).await,
+        vec![middle]
+    );
+
+    // Retries: scheduled after a failed attempt, not scheduled by the user.
+    let s = server("retries");
+    let fetched = fetch(&store, &s, &["default"], 3, now).await;
+    assert_eq!(fetched.len(), 3);
+    complete(
+        &store,
+        &fetched[0],
+        &s,
+        Outcome::Retry {
+            at: now + secs(600),
+            error: "boom".into(),
+        },
+        now,
+    )
+    .await;
+    add(&store, scheduled("later", now + secs(600)), now).await;
+    assert_eq!(found(JobQuery::new().retries()).await, vec![fetched[0].id]);
+    assert_eq!(
+        found(JobQuery::new().state(JobState::Scheduled))
+            .await
+            .len(),
+        2
+    );
+}
+
+pub async fn list_jobs_enqueued_in_fetch_order(store: Arc<dyn Storage>) {
+    let now = t0();
+    let mut jobs: Vec<NewJob> = (0..4).map(|_| job_in("x", "emails")).collect();
+    jobs[2].priority = 5;
+    let ids = add_many(&store, jobs, now).await;
+    add(&store, job_in("x", "reports"), now).await;
+    let listed = ids_of(
+        store
+            .list_jobs(JobQuery::new().state(JobState::Enqueued).queue("emails"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(listed, vec![ids[2], ids[0], ids[1], ids[3]]);
+    let page = ids_of(
+        store
+            .list_jobs(
+                JobQuery::new()
+                    .state(JobState::Enqueued)
+                    .queue("emails")
+                    .page(1, 2),
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(page, vec![ids[0], ids[1]]);
+    // The order is the order a fetch takes them.
+    let fetched: Vec<JobId> = fetch(&store, &server("order"), &["emails"], 10, now)
+        .await
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(fetched, listed);
+}
+
+fn ids_of(jobs: Vec<firelane_core::JobRecord>) -> Vec<JobId> {
+    jobs.into_iter().map(|j| j.id).collect()
 }
