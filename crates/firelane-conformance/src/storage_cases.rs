@@ -3577,6 +3577,8 @@ pub async fn signal_recurring_changed(store: Arc<dyn Storage>) {
     .await;
 }
 
+/// Running totals and hourly figures count successes and failures for good, per hour, and
+/// stay when the jobs expire.
 pub async fn stats_keep_running_totals_and_hourly_figures(store: Arc<dyn Storage>) {
     // Two hours apart, so the figures land in two hours.
     let now = firelane_core::hour_of(t0()) + secs(600);
@@ -3656,6 +3658,7 @@ pub async fn stats_keep_running_totals_and_hourly_figures(store: Arc<dyn Storage
     assert_eq!(after.iter().map(|h| h.succeeded).sum::<u64>(), 3);
 }
 
+/// Hourly figures older than eight days are removed by `expire`; the totals stay.
 pub async fn stats_history_is_kept_eight_days(store: Arc<dyn Storage>) {
     let old = firelane_core::hour_of(t0()) - secs(10 * 24 * 3600);
     let s = server("old");
@@ -3680,6 +3683,8 @@ pub async fn stats_history_is_kept_eight_days(store: Arc<dyn Storage>) {
     assert_eq!(store.stats().await.unwrap().succeeded_total, 1);
 }
 
+/// A paused queue is skipped by fetches, still takes jobs, shows in the stats, and wakes the
+/// servers when resumed.
 pub async fn paused_queue_is_not_fetched(store: Arc<dyn Storage>) {
     let now = t0();
     let s = server("paused");
@@ -3726,6 +3731,7 @@ pub async fn paused_queue_is_not_fetched(store: Arc<dyn Storage>) {
     store.set_queue_paused("emails", false, now).await.unwrap();
 }
 
+/// Search finds jobs by argument text, part of a name, queue or id.
 pub async fn list_jobs_search(store: Arc<dyn Storage>) {
     let now = t0();
     let mut welcome = NewJob::new("send_welcome_email", r#"{"to":"ada@example.com"}"#);
@@ -3768,6 +3774,7 @@ pub async fn list_jobs_search(store: Arc<dyn Storage>) {
     assert_eq!(found(JobQuery::new().search("")).await.len(), 3);
 }
 
+/// Creation time ranges are `[from, to)`; `retries()` lists scheduled retries only.
 pub async fn list_jobs_created_range_and_retries(store: Arc<dyn Storage>) {
     let now = t0();
     let early = add(&store, job("t"), now - secs(3600)).await;
@@ -3815,6 +3822,7 @@ pub async fn list_jobs_created_range_and_retries(store: Arc<dyn Storage>) {
     );
 }
 
+/// The enqueued jobs of one queue are listed in the order a fetch takes them.
 pub async fn list_jobs_enqueued_in_fetch_order(store: Arc<dyn Storage>) {
     let now = t0();
     let mut jobs: Vec<NewJob> = (0..4).map(|_| job_in("x", "emails")).collect();
@@ -3849,6 +3857,7 @@ pub async fn list_jobs_enqueued_in_fetch_order(store: Arc<dyn Storage>) {
     assert_eq!(fetched, listed);
 }
 
+/// The ids of jobs, in order.
 fn ids_of(jobs: Vec<firelane_core::JobRecord>) -> Vec<JobId> {
     jobs.into_iter().map(|j| j.id).collect()
 }
