@@ -1,6 +1,29 @@
 //! Helpers shared by the cases.
 
 use std::future::Future;
+use std::sync::Arc;
+
+use firelane_core::Storage;
+
+/// What a suite's factory may return: a store, or `None` to skip the case (a backend whose
+/// server is not running on a developer's machine; the factory says so once, and on CI it
+/// fails instead of returning `None`).
+pub trait MaybeStore {
+    /// The store, or `None` to skip.
+    fn into_store(self) -> Option<Arc<dyn Storage>>;
+}
+
+impl MaybeStore for Arc<dyn Storage> {
+    fn into_store(self) -> Option<Arc<dyn Storage>> {
+        Some(self)
+    }
+}
+
+impl MaybeStore for Option<Arc<dyn Storage>> {
+    fn into_store(self) -> Option<Arc<dyn Storage>> {
+        self
+    }
+}
 use std::time::{Duration, Instant};
 
 /// Waits until `check` returns `Some`, polling every few milliseconds; panics with `what` after

@@ -573,6 +573,25 @@ pub trait Storage: Send + Sync + Debug + 'static {
     /// job releases its continuations.
     async fn complete(&self, completions: Vec<Completion>) -> Result<Vec<CompletionStatus>>;
 
+    /// Records the ends of attempts, then leases jobs, as one step where the backend can: a
+    /// server whose jobs just finished asks for new ones in the same round trip (and, for
+    /// stores with one writer, the same transaction). The completions are applied as by
+    /// [`Storage::complete`] and the fetch sees their effects (a retry enqueued at once can
+    /// be fetched again).
+    ///
+    /// An error means no completion was recorded. The default completes, then fetches; if only
+    /// the fetch fails, it returns the completions' statuses and no job, since the next fetch
+    /// will ask again.
+    async fn complete_and_fetch(
+        &self,
+        completions: Vec<Completion>,
+        fetch: FetchRequest,
+    ) -> Result<(Vec<CompletionStatus>, Vec<FetchedJob>)> {
+        let statuses = self.complete(completions).await?;
+        let jobs = self.fetch(fetch).await.unwrap_or_default();
+        Ok((statuses, jobs))
+    }
+
     /// Records that a server is alive and extends the leases it still holds.
     async fn heartbeat(&self, heartbeat: Heartbeat) -> Result<HeartbeatReply>;
 
