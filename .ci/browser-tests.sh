@@ -41,7 +41,7 @@ case "$target_dir" in
   *) target_dir="$root/$target_dir" ;;
 esac
 export FIRELANE_BROWSER_FIXTURE="$target_dir/debug/examples/browser_fixture"
-export FIRELANE_BROWSER_ARTIFACTS="$target_dir/browser-artifacts"
+export FIRELANE_BROWSER_ARTIFACTS="${FIRELANE_BROWSER_ARTIFACTS:-$root/target/browser-artifacts}"
 export CHROMIUM_PATH=/usr/bin/chromium
 
 step "browser tests: run"

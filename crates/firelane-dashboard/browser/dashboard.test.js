@@ -109,11 +109,18 @@ async function stopFixture() {
   const { child } = fixture;
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((resolve) => child.once('exit', resolve));
-  const within = (ms) => Promise.race([exited.then(() => true), sleep(ms).then(() => false)]);
+  // Whether it exits within `ms`; the timer is unref'd so that it does not keep node running.
+  const within = (ms) =>
+    Promise.race([
+      exited.then(() => true),
+      new Promise((resolve) => setTimeout(resolve, ms, false).unref()),
+    ]);
   child.stdin.end(); // the fixture stops when its standard input closes
   if (await within(10_000)) return;
+  console.error('the fixture did not stop within 10 s of its standard input closing: SIGTERM');
   child.kill('SIGTERM');
   if (await within(5_000)) return;
+  console.error('the fixture did not stop within 5 s of SIGTERM: SIGKILL');
   child.kill('SIGKILL');
   await within(5_000);
 }
@@ -327,7 +334,19 @@ before(async () => {
     throw new Error(`${CHROMIUM} does not exist: install Debian's chromium (apt-get install chromium) or set CHROMIUM_PATH`);
   }
   fixture = await startFixture();
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true });
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    // The machine's network is closed: keep chromium from calling home.
+    args: [
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
 });
 
 after(async () => {
