@@ -390,6 +390,11 @@ browserTest('overview shows the counts, the navigation, the graphs and the acces
     .waitFor({ state: 'attached' })
     .catch(() => assert.fail('the live graph drew no <canvas> within 10 s'));
   assert.equal(await byTestId(page, 'history-graph').count(), 1, 'the overview has no data-testid="history-graph"');
+  await byTestId(page, 'history-graph')
+    .locator('canvas')
+    .first()
+    .waitFor({ state: 'attached' })
+    .catch(() => assert.fail('the history graph drew no <canvas> within 10 s'));
 
   // No authorize hook: only the local machine is served, and the page says so.
   const note = byTestId(page, 'access-note');
@@ -397,6 +402,8 @@ browserTest('overview shows the counts, the navigation, the graphs and the acces
   assert.ok((await text(note)).length > 0, 'the access note is empty');
 
   await sleep(1500); // let the live graph receive a few points for the screenshot
+  const liveError = await live.getAttribute('data-error');
+  assert.equal(liveError, null, `the live graph could not read its data: ${liveError}`);
   await shot(page, 'overview');
 });
 
@@ -414,6 +421,36 @@ browserTest('every navigation link works under the /admin/jobs prefix', async (p
     const [response] = await Promise.all([page.waitForNavigation(), link.click()]);
     assert.ok(response, `following nav-${nav} loaded nothing`);
     assert.equal(response.status(), 200, `following nav-${nav} to ${page.url()} answered ${response.status()}`);
+  }
+});
+
+// The names of the jobs listed on a page, sorted.
+async function namesOn(page) {
+  const rows = byTestId(page, 'job-row');
+  const names = [];
+  for (let i = 0; i < (await rows.count()); i++) {
+    const t = await text(rows.nth(i));
+    const m = /\b(monthly_report|echo|sync_crm|long_export|send_newsletter|cleanup)\b/.exec(t);
+    names.push(m ? m[1] : `?${t}`);
+  }
+  return names.sort();
+}
+
+browserTest('the lists by state show the seeded jobs, with queue and name filters', async (page) => {
+  const cases = [
+    ['/jobs/enqueued?queue=emails', ['send_newsletter', 'send_newsletter', 'send_newsletter']],
+    ['/jobs/enqueued?queue=default', []],
+    ['/jobs/scheduled', ['echo', 'sync_crm']],
+    ['/jobs/retries', ['sync_crm']],
+    ['/jobs/processing', ['long_export']],
+    ['/jobs/awaiting', ['echo']],
+    ['/jobs/deleted', ['echo']],
+    ['/jobs/failed', ['monthly_report']],
+    ['/jobs/succeeded?name=echo', ['echo', 'echo', 'echo', 'echo', 'echo', 'echo']],
+  ];
+  for (const [p, expected] of cases) {
+    await visit(page, p);
+    assert.deepEqual(await namesOn(page), expected, `the jobs listed on ${p}`);
   }
 });
 
@@ -499,6 +536,20 @@ browserTest('trigger the recurring job and see its new job succeed', async (page
   assert.equal(await jobState(page), 'succeeded');
 });
 
+browserTest('pause and resume the recurring job', async (page) => {
+  const row = () => page.locator('[data-testid="recurring-row"][data-recurring-id="nightly-cleanup"]');
+  await visit(page, '/recurring');
+  assert.equal(await byTestId(row(), 'action-resume-recurring').count(), 0, 'a running recurring job offers resume');
+  await act(page, byTestId(row(), 'action-pause-recurring'), 'pause of nightly-cleanup');
+  await visit(page, '/recurring');
+  assert.equal(await byTestId(row(), 'action-pause-recurring').count(), 0, 'a paused recurring job still offers pause');
+  assert.match(await text(row()), /paused/i, 'the paused recurring job is not shown as paused');
+  await act(page, byTestId(row(), 'action-resume-recurring'), 'resume of nightly-cleanup');
+  await visit(page, '/recurring');
+  assert.equal(await byTestId(row(), 'action-resume-recurring').count(), 0, 'a resumed recurring job still offers resume');
+  assert.equal(await byTestId(row(), 'action-pause-recurring').count(), 1, 'a resumed recurring job offers no pause');
+});
+
 browserTest('pause and resume the emails queue', async (page) => {
   const row = () => page.locator('[data-testid="queue-row"][data-queue="emails"]');
   const paused = async () => (await text(byTestId(row(), 'queue-paused'))).toLowerCase();
@@ -517,6 +568,19 @@ browserTest('pause and resume the emails queue', async (page) => {
   await act(page, byTestId(row(), 'action-resume-queue'), 'resume of the emails queue');
   await visit(page, '/queues');
   assert.equal(await paused(), 'no', 'the emails queue is still shown paused after resuming it');
+});
+
+browserTest('delete one job of the emails queue', async (page) => {
+  await visit(page, '/jobs/enqueued?queue=emails');
+  const before = await jobIdsOn(page);
+  assert.equal(before.length, 3, `the emails queue lists ${before.length} jobs, expected 3`);
+  const id = before[0];
+  await visit(page, `/job/${id}`);
+  await act(page, byTestId(page, 'action-delete'), 'delete');
+  await visit(page, `/job/${id}`);
+  assert.equal(await jobState(page), 'deleted');
+  await visit(page, '/jobs/enqueued?queue=emails');
+  assert.deepEqual((await jobIdsOn(page)).sort(), before.slice(1).sort(), 'the emails queue after the delete');
 });
 
 browserTest('search by an argument text finds the job', async (page) => {
@@ -549,6 +613,38 @@ browserTest('an argument holding <script> is shown as text and runs nothing', as
   await visit(page, '/jobs/succeeded');
   await sleep(500); // give anything injected time to fire
   // page.checkProblems() (after this body) fails the test if any alert fired.
+});
+
+browserTest('bulk: enqueue the scheduled job now; its continuation follows', async (page) => {
+  await visit(page, '/jobs/awaiting');
+  const [continuation] = await jobIdsOn(page);
+  assert.ok(continuation, 'no awaiting job listed');
+
+  await visit(page, '/jobs/scheduled');
+  const row = byTestId(page, 'job-row').filter({ hasText: 'in an hour' });
+  assert.equal(await row.count(), 1, 'the scheduled list has no row for the "in an hour" job');
+  const id = await row.getAttribute('data-job-id');
+  const box = byTestId(row, 'select-job');
+  assert.equal(await box.count(), 1, 'the scheduled job row has no select-job checkbox');
+  await box.check();
+  // The list refreshes itself every few seconds: a selection must survive that.
+  await sleep(5000);
+  assert.ok(await byTestId(page, 'job-row').filter({ hasText: 'in an hour' }).getByTestId('select-job').isChecked(),
+    'the selection was lost while waiting on the list page');
+  await act(page, byTestId(page, 'bulk-enqueue'), 'bulk enqueue');
+  for (const [job, what] of [[id, 'the enqueued scheduled job'], [continuation, 'its continuation']]) {
+    await pollPage(
+      page,
+      `/job/${job}`,
+      async (p) => {
+        const state = await jobState(p);
+        return { ok: state === 'succeeded', seen: state };
+      },
+      `${what} succeeded`,
+    );
+  }
+  await visit(page, '/jobs/scheduled');
+  assert.deepEqual(await namesOn(page), ['sync_crm'], 'the scheduled list after the bulk enqueue');
 });
 
 browserTest('cancel the processing job', async (page) => {
