@@ -27,6 +27,12 @@ pub(crate) struct DemoArgs {
     /// Worker slots.
     #[arg(long, default_value_t = 8)]
     workers: usize,
+    /// Where the web dashboard listens (not with --smoke).
+    #[arg(long, default_value = crate::web::DEFAULT_LISTEN)]
+    listen: String,
+    /// Do not serve the web dashboard.
+    #[arg(long)]
+    no_dashboard: bool,
 }
 
 /// Sends a welcome email (pretends to).
@@ -295,7 +301,27 @@ pub(crate) async fn run(url: &str, args: DemoArgs, out: &Output) -> CliResult<Ex
         server.shutdown().await?;
         return result;
     }
-    live(&client, url).await?;
+    let (stop_dashboard, stopped) = tokio::sync::oneshot::channel::<()>();
+    let dashboard = if args.no_dashboard {
+        None
+    } else {
+        let dashboard = firelane_dashboard::Dashboard::new(client.clone()).title("Firelane demo");
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        Some(crate::web::serve(dashboard, &args.listen, shutdown).await?)
+    };
+    let result = live(
+        &client,
+        url,
+        dashboard.as_ref().map(crate::web::Served::url),
+    )
+    .await;
+    let _ = stop_dashboard.send(());
+    if let Some(dashboard) = dashboard {
+        dashboard.finished().await?;
+    }
+    result?;
     let report = server.shutdown().await?;
     eprintln!(
         "stopped: {} running jobs finished, {} handed back to their queue",
@@ -405,9 +431,12 @@ async fn smoke(client: &Client, args: &DemoArgs, out: &Output) -> CliResult<Exit
 
 /// Seeds jobs, keeps adding some every few seconds, and shows the counts per state until
 /// Ctrl-C.
-async fn live(client: &Client, url: &str) -> CliResult {
+async fn live(client: &Client, url: &str, dashboard: Option<String>) -> CliResult {
     seed(client).await?;
     eprintln!("firelane demo: a server on {url} with jobs of every kind. Ctrl-C stops it.");
+    if let Some(dashboard) = dashboard {
+        eprintln!("dashboard: {dashboard}");
+    }
     eprintln!("look at jobs with: firelane --store {url} jobs list   (or stats, jobs show ID)");
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(

@@ -6,6 +6,7 @@ mod demo;
 mod output;
 mod recurring;
 mod store;
+mod web;
 
 use std::process::ExitCode;
 
@@ -48,6 +49,8 @@ enum Command {
     /// List, trigger, pause, resume and remove recurring jobs.
     #[command(subcommand)]
     Recurring(recurring::RecurringCommand),
+    /// Serve the web dashboard over the store (Ctrl-C stops it).
+    Dashboard(web::DashboardArgs),
     /// Measure a store: enqueue and drain throughput, pickup latency; prints one JSON line.
     Bench(bench::BenchArgs),
 }
@@ -129,6 +132,7 @@ async fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Jobs(cmd) => admin::jobs(&cli.store, cmd, &out).await,
         Command::Enqueue(args) => admin::enqueue(&cli.store, args, &out).await,
         Command::Bench(args) => bench::run(&cli.store, args).await,
+        Command::Dashboard(args) => web::run(&cli.store, args).await,
         Command::Recurring(cmd) => recurring::run(&cli.store, cmd, &out).await,
     }
 }

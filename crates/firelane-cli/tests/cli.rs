@@ -251,3 +251,95 @@ fn bad_stores_are_named_with_the_fix() {
         "not a Firelane store",
     );
 }
+
+/// `firelane dashboard`: starts, answers the JSON API and a page, and stops on Ctrl-C (SIGINT)
+/// after finishing.
+#[cfg(unix)]
+#[test]
+fn dashboard_serves_the_api_and_stops_on_ctrl_c() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let s = store();
+    ok(&firelane(&s.url, &["enqueue", "send_email", "42"]));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_firelane"))
+        .args(["--store", &s.url, "dashboard", "--listen", "127.0.0.1:0"])
+        .env_remove("FIRELANE_STORE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut banner = String::new();
+    stderr.read_line(&mut banner).unwrap();
+    assert!(
+        banner.contains("local requests only") && banner.contains("Ctrl-C"),
+        "{banner}"
+    );
+    let url = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {banner:?}"));
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+
+    let http_get = |path: &str| {
+        let mut conn = TcpStream::connect(&addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            conn,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let stats = http_get("/api/stats");
+    assert!(stats.starts_with("HTTP/1.1 200"), "{stats}");
+    let body = &stats[stats.find("\r\n\r\n").unwrap() + 4..];
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["states"]["enqueued"], 1, "{json}");
+    let page = http_get("/jobs/enqueued");
+    assert!(
+        page.starts_with("HTTP/1.1 200") && page.contains("send_email"),
+        "{page}"
+    );
+
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard did not stop on SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(exit.success(), "exit {exit:?}: {rest}");
+    assert!(rest.contains("stopped"), "{rest}");
+}
+
+#[test]
+fn dashboard_on_a_busy_address_says_what_to_do() {
+    let s = store();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    fails_with(
+        &firelane(&s.url, &["dashboard", "--listen", &addr]),
+        "pass another address with --listen",
+    );
+}
