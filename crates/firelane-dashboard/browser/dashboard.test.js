@@ -516,7 +516,6 @@ browserTest('trigger the recurring job and see its new job succeed', async (page
   const row = page.locator('[data-testid="recurring-row"][data-recurring-id="nightly-cleanup"]');
   assert.equal(await row.count(), 1, 'the recurring page has no recurring-row with data-recurring-id="nightly-cleanup"');
   assert.match(await text(row), /0 \* \* \* \*/, 'the nightly-cleanup row does not show its cron "0 * * * *"');
-  await shot(page, 'recurring');
 
   await act(page, byTestId(row, 'action-trigger'), 'trigger of nightly-cleanup');
   const found = await pollPage(
@@ -534,6 +533,8 @@ browserTest('trigger the recurring job and see its new job succeed', async (page
   assert.match(await text(row2), /cleanup/, `the new job ${id} is not a cleanup job`);
   await visit(page, `/job/${id}`);
   assert.equal(await jobState(page), 'succeeded');
+  await visit(page, '/recurring');
+  await shot(page, 'recurring');
 });
 
 browserTest('pause and resume the recurring job', async (page) => {
