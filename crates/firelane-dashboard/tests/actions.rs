@@ -633,3 +633,46 @@ async fn the_hook_decides_when_given() {
         .expect(StatusCode::SEE_OTHER);
     assert_eq!(state(&client, s.failed).await, JobState::Enqueued);
 }
+
+#[tokio::test]
+async fn actions_at_the_root_and_at_another_prefix_redirect_inside_it() {
+    for (prefix, home, cookie_path) in [("", "/", "/"), ("/jobs", "/jobs", "/jobs")] {
+        let client = client().await;
+        let s = seed(&client).await;
+        let app = mount(&Dashboard::new(client.clone()), prefix);
+        let page = get(&app, &format!("{prefix}/job/{}", s.failed)).await;
+        page.has(&[&format!(r#"action="{prefix}/job/{}/requeue""#, s.failed)]);
+        let token = page.csrf();
+        let answer = Call::post(
+            &format!("{prefix}/job/{}/requeue", s.failed),
+            &[("csrf", &token)],
+        )
+        .send(&app)
+        .await;
+        answer.expect(StatusCode::SEE_OTHER);
+        assert_eq!(
+            answer.header("location"),
+            format!("{prefix}/job/{}", s.failed)
+        );
+        let set_cookie = answer.header("set-cookie");
+        assert!(
+            set_cookie.contains(&format!("; Path={cookie_path};")),
+            "{set_cookie}"
+        );
+        assert_eq!(state(&client, s.failed).await, JobState::Enqueued);
+        // A bulk action without `back` returns to the overview.
+        let id = s.scheduled.to_string();
+        let answer = Call::post(
+            &format!("{prefix}/jobs/bulk"),
+            &[("csrf", &token), ("action", "enqueue"), ("id", &id)],
+        )
+        .send(&app)
+        .await;
+        assert_eq!(answer.header("location"), home);
+        let landed = Call::get(home)
+            .header("cookie", &answer.flash_cookie())
+            .send(&app)
+            .await;
+        assert_eq!(landed.testid_text("flash"), "Enqueued 1 job.");
+    }
+}
