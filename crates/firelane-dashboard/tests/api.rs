@@ -68,7 +68,7 @@ async fn jobs_by_state_with_paging_and_totals() {
     let client = client().await;
     let s = seed(&client).await;
     client
-        .enqueue_many((0..25).map(|i| Mail::with_args(i)))
+        .enqueue_many((0..25).map(Mail::with_args))
         .await
         .unwrap();
     let app = mount(&Dashboard::new(client), "/jobs");
