@@ -3,8 +3,6 @@
 (function () {
   "use strict";
 
-  var base = document.body.getAttribute("data-base") || "";
-
   // Lists refresh themselves (htmx polling); not while the person is selecting jobs, which a
   // refresh would undo.
   document.body.addEventListener("htmx:beforeRequest", function (e) {
@@ -173,6 +171,4 @@
     load();
     setInterval(load, 60000);
   }
-
-  void base;
 })();
