@@ -1,0 +1,285 @@
+//! The monitoring queries. Each that reads more than one statement runs in one read-only
+//! `REPEATABLE READ` transaction, so its answer is one consistent snapshot.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use firelane_core::{
+    Error, HourlyStats, JobDetails, JobId, JobQuery, JobRecord, JobState, QueueStats,
+    RecurringRecord, ServerInfo, ServerRecord, Stats,
+};
+use sqlx::{AssertSqlSafe, PgConnection, Row};
+use uuid::Uuid;
+
+use crate::codec::{
+    JOB_COLUMNS, OpResult, RECURRING_COLUMNS, count_u64, history_entry, job_record,
+    recurring_record, state, t,
+};
+use crate::ops::Ctx;
+
+/// [`firelane_core::Storage::job`].
+pub(crate) async fn job(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    id: JobId,
+) -> OpResult<Option<JobDetails>> {
+    let s = &ctx.sql.schema;
+    let key = *id.as_uuid();
+    let Some(row) = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {JOB_COLUMNS} FROM {s}.jobs WHERE id = $1"
+    )))
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let record = job_record(&row)?;
+    let history = sqlx::query(AssertSqlSafe(format!(
+        "SELECT state, at, reason, server, attempt, duration_us, error
+         FROM {s}.history WHERE job_id = $1 ORDER BY seq"
+    )))
+    .bind(key)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(history_entry)
+    .collect::<OpResult<Vec<_>>>()?;
+    let continuations: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT id FROM {s}.jobs WHERE parent_id = $1 ORDER BY id"
+    )))
+    .bind(key)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Some(JobDetails::new(
+        record,
+        history,
+        continuations.into_iter().map(JobId::from_uuid).collect(),
+    )))
+}
+
+/// A value bound to a query built piece by piece.
+enum Bind {
+    Text(String),
+    Int(i64),
+    Time(DateTime<Utc>),
+    Id(Uuid),
+}
+
+/// [`firelane_core::Storage::list_jobs`].
+pub(crate) async fn list_jobs(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    query: JobQuery,
+) -> OpResult<Vec<JobRecord>> {
+    let s = &ctx.sql.schema;
+    let limit = i64::from(query.effective_limit());
+    let offset = i64::try_from(query.offset).unwrap_or(i64::MAX);
+
+    // The enqueued jobs of one queue, in the order a fetch takes them: from the queue table's
+    // fetch index, then each job by id.
+    let only_queue_order = query.state == Some(JobState::Enqueued)
+        && query.queue.is_some()
+        && query.name.is_none()
+        && query.search.is_none()
+        && query.created_from.is_none()
+        && query.created_to.is_none();
+    if only_queue_order {
+        let cols = JOB_COLUMNS
+            .split(", ")
+            .map(|c| format!("j.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "WITH page AS (SELECT job_id, priority AS qp, seq AS qs FROM {s}.queue
+                 WHERE queue = $1 ORDER BY priority DESC, seq LIMIT $2 OFFSET $3)
+             SELECT {cols} FROM page JOIN {s}.jobs j ON j.id = page.job_id
+             ORDER BY page.qp DESC, page.qs"
+        );
+        return sqlx::query(AssertSqlSafe(sql))
+            .bind(query.queue.clone())
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(conn)
+            .await?
+            .iter()
+            .map(job_record)
+            .collect();
+    }
+
+    // Only fixed fragments go into the text; every value is bound.
+    let mut sql = format!("SELECT {JOB_COLUMNS} FROM {s}.jobs WHERE true");
+    let mut binds: Vec<Bind> = Vec::new();
+    let param = |binds: &mut Vec<Bind>, b: Bind| -> String {
+        binds.push(b);
+        format!("${}", binds.len())
+    };
+    if let Some(st) = query.state {
+        let p = param(&mut binds, Bind::Text(st.as_str().to_owned()));
+        sql.push_str(&format!(" AND state = {p}"));
+    }
+    if query.retries {
+        sql.push_str(" AND attempt > 0");
+    }
+    if let Some(queue) = &query.queue {
+        let p = param(&mut binds, Bind::Text(queue.clone()));
+        sql.push_str(&format!(" AND queue = {p}"));
+    }
+    if let Some(name) = &query.name {
+        let p = param(&mut binds, Bind::Text(name.clone()));
+        sql.push_str(&format!(" AND name = {p}"));
+    }
+    if let Some(from) = query.created_from {
+        let p = param(&mut binds, Bind::Time(t(from)));
+        sql.push_str(&format!(" AND created_at >= {p}"));
+    }
+    if let Some(to) = query.created_to {
+        let p = param(&mut binds, Bind::Time(t(to)));
+        sql.push_str(&format!(" AND created_at < {p}"));
+    }
+    if let Some(text) = &query.search {
+        let text = text.trim();
+        if let Ok(id) = text.parse::<JobId>() {
+            let p = param(&mut binds, Bind::Id(*id.as_uuid()));
+            sql.push_str(&format!(" AND id = {p}"));
+        } else {
+            // Newest first, stopping at the page's end: a search for a common text reads only
+            // the newest jobs; one that matches little reads more of the table.
+            let p = param(&mut binds, Bind::Text(text.to_owned()));
+            sql.push_str(&format!(
+                " AND (queue = {p} OR strpos(name, {p}) > 0 OR strpos(args, {p}) > 0)"
+            ));
+        }
+    }
+    let pl = param(&mut binds, Bind::Int(limit));
+    let po = param(&mut binds, Bind::Int(offset));
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT {pl} OFFSET {po}"));
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for b in binds {
+        q = match b {
+            Bind::Text(v) => q.bind(v),
+            Bind::Int(v) => q.bind(v),
+            Bind::Time(v) => q.bind(v),
+            Bind::Id(v) => q.bind(v),
+        };
+    }
+    q.fetch_all(conn).await?.iter().map(job_record).collect()
+}
+
+/// [`firelane_core::Storage::stats`]: the counters (folded totals plus the deltas not folded
+/// yet), the paused queues and the number of servers, in one statement.
+pub(crate) async fn stats(conn: &mut PgConnection, ctx: &Ctx) -> OpResult<Stats> {
+    let mut states = BTreeMap::new();
+    let mut queues: BTreeMap<String, (u64, u64, bool)> = BTreeMap::new();
+    let (mut succeeded_total, mut failed_total, mut servers) = (0, 0, 0);
+    let rows = sqlx::query(AssertSqlSafe(std::sync::Arc::clone(&ctx.sql.stats)))
+        .fetch_all(conn)
+        .await?;
+    for row in rows {
+        let key: String = row.try_get("key")?;
+        let n = count_u64(row.try_get::<Option<i64>, _>("n")?.unwrap_or(0));
+        if let Some(s) = key.strip_prefix("state:") {
+            if n > 0 {
+                states.insert(state(s)?, n);
+            }
+        } else if let Some(q) = key.strip_prefix("queue:") {
+            if n > 0 {
+                queues.entry(q.to_owned()).or_default().0 = n;
+            }
+        } else if let Some(q) = key.strip_prefix("proc:") {
+            if n > 0 {
+                queues.entry(q.to_owned()).or_default().1 = n;
+            }
+        } else if let Some(q) = key.strip_prefix("paused:") {
+            queues.entry(q.to_owned()).or_default().2 = true;
+        } else if key == "total:succeeded" {
+            succeeded_total = n;
+        } else if key == "total:failed" {
+            failed_total = n;
+        } else if key == "servers" {
+            servers = n;
+        }
+    }
+    let queues = queues
+        .into_iter()
+        .map(|(name, (enqueued, processing, paused))| {
+            QueueStats::new(name, enqueued, processing, paused)
+        })
+        .collect();
+    Ok(Stats::new(states, queues, servers).totals(succeeded_total, failed_total))
+}
+
+/// [`firelane_core::Storage::stats_history`].
+pub(crate) async fn stats_history(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> OpResult<Vec<HourlyStats>> {
+    sqlx::query(AssertSqlSafe(std::sync::Arc::clone(&ctx.sql.stats_history)))
+        .bind(t(from))
+        .bind(t(to))
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(HourlyStats::new(
+                row.try_get("hour")?,
+                count_u64(row.try_get("succeeded")?),
+                count_u64(row.try_get("failed")?),
+            ))
+        })
+        .collect()
+}
+
+/// [`firelane_core::Storage::servers`].
+pub(crate) async fn servers(conn: &mut PgConnection, ctx: &Ctx) -> OpResult<Vec<ServerRecord>> {
+    let s = &ctx.sql.schema;
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT info, last_heartbeat FROM {s}.servers ORDER BY id COLLATE \"C\""
+    )))
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let info: String = row.try_get("info")?;
+            let info: ServerInfo = serde_json::from_str(&info)
+                .map_err(|e| Error::Corrupt(format!("bad server info {info:?}: {e}")))?;
+            Ok(ServerRecord::new(info, row.try_get("last_heartbeat")?))
+        })
+        .collect()
+}
+
+/// [`firelane_core::Storage::recurring`].
+pub(crate) async fn recurring(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    id: &str,
+) -> OpResult<Option<RecurringRecord>> {
+    let s = &ctx.sql.schema;
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT {RECURRING_COLUMNS} FROM {s}.recurring WHERE id = $1"
+    )))
+    .bind(id.to_owned())
+    .fetch_optional(conn)
+    .await?
+    .as_ref()
+    .map(recurring_record)
+    .transpose()
+}
+
+/// [`firelane_core::Storage::list_recurring`].
+pub(crate) async fn list_recurring(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+) -> OpResult<Vec<RecurringRecord>> {
+    let s = &ctx.sql.schema;
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT {RECURRING_COLUMNS} FROM {s}.recurring ORDER BY id COLLATE \"C\""
+    )))
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(recurring_record)
+    .collect()
+}
