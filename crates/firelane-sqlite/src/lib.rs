@@ -365,6 +365,25 @@ impl Storage for SqliteStorage {
         .await
     }
 
+    async fn complete_and_fetch(
+        &self,
+        completions: Vec<Completion>,
+        fetch: FetchRequest,
+    ) -> Result<(Vec<CompletionStatus>, Vec<FetchedJob>)> {
+        if fetch.limit == 0 || fetch.queues.is_empty() {
+            return Ok((self.complete(completions).await?, Vec::new()));
+        }
+        // One operation, so one transaction with no savepoint between the two halves.
+        self.write("complete_and_fetch", move |conn, signals| {
+            Box::pin(async move {
+                let statuses = ops::complete(&mut *conn, signals, completions).await?;
+                let jobs = ops::fetch(conn, fetch).await?;
+                Ok((statuses, jobs))
+            })
+        })
+        .await
+    }
+
     async fn heartbeat(&self, heartbeat: Heartbeat) -> Result<HeartbeatReply> {
         self.write("heartbeat", move |conn, _| {
             Box::pin(ops::heartbeat(conn, heartbeat))

@@ -420,7 +420,8 @@ pub(crate) async fn enqueue(
     Ok(out)
 }
 
-/// [`firelane_core::Storage::fetch`].
+/// [`firelane_core::Storage::fetch`]: one round trip per queue (see
+/// [`sql::FETCH_QUEUE_ANY`]), queues in the order given until the limit is reached.
 pub(crate) async fn fetch(
     conn: &mut SqliteConnection,
     request: FetchRequest,
@@ -433,87 +434,107 @@ pub(crate) async fn fetch(
         .names
         .as_ref()
         .map(|n| Value::from(n.clone()).to_string());
-    let server = request.server.as_str();
+    let text = if names.is_some() {
+        sql::FETCH_QUEUE_NAMED
+    } else {
+        sql::FETCH_QUEUE_ANY
+    };
     for queue in &request.queues {
         let remaining = request.limit.saturating_sub(out.len());
         if remaining == 0 {
             break;
         }
-        let candidates = match &names {
-            None => {
-                sqlx::query(sql::FETCH_ANY)
-                    .bind(queue)
-                    .bind(limit_i64(remaining))
-                    .fetch_all(&mut *conn)
-                    .await?
-            }
-            Some(names) => {
-                sqlx::query(sql::FETCH_NAMED)
-                    .bind(queue)
-                    .bind(limit_i64(remaining))
-                    .bind(names)
-                    .fetch_all(&mut *conn)
-                    .await?
-            }
-        };
-        if candidates.is_empty() {
-            continue;
-        }
-        let seqs: Vec<i64> = candidates
-            .iter()
-            .map(|r| r.try_get("seq"))
-            .collect::<Result<_, _>>()?;
-        let mut leased = Vec::with_capacity(candidates.len());
-        let mut tally = Tally::default();
-        for row in candidates {
-            let raw_id: Vec<u8> = row.try_get("job_id")?;
-            let state: Option<String> = row.try_get("state")?;
-            if state.as_deref() != Some(JobState::Enqueued.as_str()) {
-                tracing::warn!(job = ?JobId::from_slice(&raw_id), ?state, "dropped the queue row of a job that is not enqueued");
-                tally.stale_queue_rows(queue, 1);
+        let rows = padded(
+            sqlx::query(text)
+                .bind(queue)
+                .bind(limit_i64(remaining))
+                .bind(us(request.now))
+                .bind(request.server.as_str())
+                .bind(us(request.lease_until))
+                .bind(names.as_deref()),
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            let Some(raw_id) = row.try_get::<Option<Vec<u8>>, _>("id")? else {
+                let raw: Vec<u8> = row.try_get("job_id")?;
+                tracing::warn!(job = ?JobId::from_slice(&raw), "dropped the queue row of a job that is not enqueued");
                 continue;
-            }
-            tally.moved(JobState::Enqueued, JobState::Processing, queue, request.now);
-            let id = job_id(&raw_id)?;
-            let attempt = count_u32(row.try_get("attempt")?).saturating_add(1);
-            let lease = LeaseId::new();
-            leased.push(json!({
-                "id": hex(id),
-                "lease": lease.as_uuid().simple().to_string(),
-                "attempt": attempt,
-            }));
+            };
             out.push(FetchedJob::new(
-                id,
+                job_id(&raw_id)?,
                 row.try_get("name")?,
                 row.try_get("queue")?,
                 row.try_get("priority")?,
                 row.try_get("args")?,
-                attempt,
+                count_u32(row.try_get("attempt")?),
                 retry_policy(
                     row.try_get("max_attempts")?,
                     row.try_get::<Option<String>, _>("retry_delays")?.as_deref(),
                 )?,
                 row.try_get::<Option<i64>, _>("timeout_ms")?
                     .map(|v| Duration::from_millis(u64::try_from(v).unwrap_or(0))),
-                lease,
+                lease_id(&row.try_get::<Vec<u8>, _>("lease")?)?,
                 time(row.try_get("created_at")?)?,
-                time(row.try_get("state_at")?)?,
+                time(row.try_get("enqueued_at")?)?,
             ));
         }
-        // Even with no job leased (only stale queue rows), the rows leave the queue.
-        padded(
-            sqlx::query(sql::FETCH_LEASE)
-                .bind(Value::Array(leased).to_string())
-                .bind(us(request.now))
-                .bind(server)
-                .bind(us(request.lease_until))
-                .bind(Value::from(seqs).to_string())
-                .bind(tally.counters_json()),
-        )
-        .execute(&mut *conn)
-        .await?;
     }
     Ok(out)
+}
+
+/// Records a batch of successes in one round trip ([`sql::COMPLETE_SUCCEEDED`]), then
+/// releases the continuations of those that have some. `None` when the batch does not qualify
+/// (an outcome other than success, or a job twice), for the general path.
+async fn complete_succeeded(
+    conn: &mut SqliteConnection,
+    signals: &mut Signals,
+    completions: &[Completion],
+) -> OpResult<Option<Vec<CompletionStatus>>> {
+    let mut seen = std::collections::HashSet::with_capacity(completions.len());
+    let qualifies = completions
+        .iter()
+        .all(|c| c.outcome == Outcome::Succeeded && seen.insert(c.id));
+    if !qualifies {
+        return Ok(None);
+    }
+    let rows: Vec<Value> = completions
+        .iter()
+        .map(|c| {
+            json!({
+                "id": hex(c.id),
+                "lease": c.lease.as_uuid().simple().to_string(),
+                "server": c.server.as_str(),
+                "at": us(c.at),
+                "dur": micros(c.duration),
+            })
+        })
+        .collect();
+    let answers = padded(sqlx::query(sql::COMPLETE_SUCCEEDED).bind(Value::Array(rows).to_string()))
+        .fetch_all(&mut *conn)
+        .await?;
+    if answers.len() != completions.len() {
+        return Err(Error::Corrupt(format!(
+            "{} answers for {} completions",
+            answers.len(),
+            completions.len()
+        ))
+        .into());
+    }
+    let mut out = Vec::with_capacity(completions.len());
+    let mut finished = Vec::new();
+    for (c, row) in completions.iter().zip(&answers) {
+        if row.try_get::<bool, _>("ok")? {
+            out.push(CompletionStatus::Applied(JobState::Succeeded));
+            if row.try_get::<bool, _>("awaited")? {
+                finished.push((c.id, JobState::Succeeded, c.at));
+            }
+        } else {
+            out.push(CompletionStatus::Stale);
+        }
+    }
+    release(conn, signals, finished).await?;
+    Ok(Some(out))
 }
 
 /// [`firelane_core::Storage::complete`].
@@ -522,6 +543,9 @@ pub(crate) async fn complete(
     signals: &mut Signals,
     completions: Vec<Completion>,
 ) -> OpResult<Vec<CompletionStatus>> {
+    if let Some(out) = complete_succeeded(&mut *conn, signals, &completions).await? {
+        return Ok(out);
+    }
     let mut jobs = heads(&mut *conn, completions.iter().map(|c| c.id)).await?;
     let mut out = Vec::with_capacity(completions.len());
     let mut moves = Vec::with_capacity(completions.len());

@@ -58,11 +58,6 @@ impl Tally {
         self.add(format!("state:{state}"), -n);
     }
 
-    /// `n` queue rows of `queue` that belonged to no enqueued job were removed.
-    pub(crate) fn stale_queue_rows(&mut self, queue: &str, n: i64) {
-        self.add(format!("queue:{queue}"), -n);
-    }
-
     /// The counters, as the JSON object the SQL reads.
     pub(crate) fn counters_json(&self) -> String {
         let map: serde_json::Map<String, Value> = self

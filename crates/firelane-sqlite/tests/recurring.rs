@@ -91,16 +91,19 @@ async fn a_version_1_database_gets_the_recurring_table() {
     let path = dir.path().join("old.db");
     let now = whole_seconds(Utc::now());
 
-    // Made by this build, then taken back to what version 1 left: no `recurring` table and
-    // no row for version 2.
+    // Made by this build, then taken back to what version 1 left: none of the later tables and
+    // no rows for the later versions.
     let store = SqliteStorage::connect(&url(&path)).await.unwrap();
     let job = NewJob::new("report", "{}");
     let id = job.id;
     store.enqueue(vec![job], now).await.unwrap();
-    sqlx::raw_sql("DROP TABLE recurring; DELETE FROM firelane_schema WHERE version = 2;")
-        .execute(store.pool())
-        .await
-        .unwrap();
+    sqlx::raw_sql(
+        "DROP TABLE recurring; DROP TABLE counters; DROP TABLE stats_hourly;
+         DROP TABLE paused_queues; DELETE FROM firelane_schema WHERE version >= 2;",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
     store.close().await;
     drop(store);
 
@@ -110,7 +113,13 @@ async fn a_version_1_database_gets_the_recurring_table() {
             .fetch_all(store.pool())
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
+    // Version 3's counters start from the rows the database has.
+    assert_eq!(
+        store.stats().await.unwrap().count(JobState::Enqueued),
+        1,
+        "counters initialised from the existing jobs"
+    );
     assert_eq!(
         store.job(id).await.unwrap().unwrap().job.state,
         JobState::Enqueued

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use super::{Shared, runner};
@@ -14,6 +14,7 @@ use crate::job::CancelReason;
 use crate::{
     Completion, CompletionStatus, FetchRequest, Heartbeat, JobId, JobState, LeaseId, Signal,
 };
+use firelane_core::FetchedJob;
 
 /// Runs `body` in its own task and starts it again after a panic, until the server stops.
 pub(super) fn supervise<F, Fut>(name: &'static str, shared: &Arc<Shared>, body: F) -> JoinHandle<()>
@@ -156,29 +157,11 @@ pub(super) async fn fetcher(shared: Arc<Shared>) {
             }
         }
         let wanted = permits.len();
-        let now = Utc::now();
-        let request = FetchRequest::new(
-            shared.info.id.clone(),
-            shared.config.queues.clone(),
-            wanted,
-            now,
-            shared.config.lease,
-        )
-        .names(shared.names.clone());
-        match shared.storage.fetch(request).await {
+        match shared.storage.fetch(fetch_request(&shared, wanted)).await {
             Ok(jobs) => {
                 backoff.reset();
                 let got = jobs.len();
-                for job in jobs {
-                    let Some(permit) = permits.pop() else {
-                        // A store returned more than asked; it keeps its lease and is
-                        // recovered when the lease lapses.
-                        tracing::error!(job.id = %job.id, "store returned more jobs than asked for");
-                        break;
-                    };
-                    runner::spawn(Arc::clone(&shared), job, permit);
-                }
-                drop(permits);
+                start_jobs(&shared, jobs, permits);
                 if got < wanted {
                     tokio::select! {
                         () = shared.stop.cancelled() => return,
@@ -200,7 +183,36 @@ pub(super) async fn fetcher(shared: Arc<Shared>) {
     }
 }
 
+/// A fetch of up to `limit` jobs for this server.
+fn fetch_request(shared: &Shared, limit: usize) -> FetchRequest {
+    FetchRequest::new(
+        shared.info.id.clone(),
+        shared.config.queues.clone(),
+        limit,
+        Utc::now(),
+        shared.config.lease,
+    )
+    .names(shared.names.clone())
+}
+
+/// Starts fetched jobs, one worker slot each; the slots left over are freed.
+fn start_jobs(shared: &Arc<Shared>, jobs: Vec<FetchedJob>, mut permits: Vec<OwnedSemaphorePermit>) {
+    for job in jobs {
+        let Some(permit) = permits.pop() else {
+            // A store returned more than asked; it keeps its lease and is recovered when the
+            // lease lapses.
+            tracing::error!(job.id = %job.id, "store returned more jobs than asked for");
+            break;
+        };
+        runner::spawn(Arc::clone(shared), job, permit);
+    }
+}
+
 /// Writes outcomes in batches; keeps retrying while the store is down.
+///
+/// While the server runs, each batch also asks for as many new jobs as there are free worker
+/// slots, in the same store call ([`Storage::complete_and_fetch`]): under load, the slots the
+/// finished jobs freed are refilled without a fetch of their own.
 pub(super) async fn completer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Completion>) {
     let limit = shared.config.completion_batch;
     let mut batch: Vec<Completion> = Vec::new();
@@ -235,7 +247,7 @@ pub(super) async fn completer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Comple
 }
 
 async fn flush(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     batch: &mut Vec<Completion>,
     closing_since: &mut Option<std::time::Instant>,
 ) {
@@ -245,8 +257,32 @@ async fn flush(
     let mut backoff = Backoff::new();
     let mut failures = 0;
     loop {
-        match shared.storage.complete(batch.clone()).await {
-            Ok(statuses) => {
+        // Free slots to refill, only on a first try while the server is running.
+        let mut permits = Vec::new();
+        if failures == 0 && !shared.stop.is_cancelled() {
+            while permits.len() < shared.config.fetch_batch {
+                match Arc::clone(&shared.semaphore).try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+        }
+        let written = if permits.is_empty() {
+            shared
+                .storage
+                .complete(batch.clone())
+                .await
+                .map(|s| (s, Vec::new()))
+        } else {
+            let request = fetch_request(shared, permits.len());
+            shared
+                .storage
+                .complete_and_fetch(batch.clone(), request)
+                .await
+        };
+        match written {
+            Ok((statuses, jobs)) => {
+                start_jobs(shared, jobs, permits);
                 forget_unwritten(shared, batch);
                 for (c, s) in batch.iter().zip(statuses) {
                     if s == CompletionStatus::Stale {
