@@ -510,27 +510,25 @@ async fn complete_succeeded(
             })
         })
         .collect();
-    let answers = padded(sqlx::query(sql::COMPLETE_SUCCEEDED).bind(Value::Array(rows).to_string()))
-        .fetch_all(&mut *conn)
-        .await?;
-    if answers.len() != completions.len() {
-        return Err(Error::Corrupt(format!(
-            "{} answers for {} completions",
-            answers.len(),
-            completions.len()
-        ))
-        .into());
-    }
-    let mut out = Vec::with_capacity(completions.len());
+    let exceptions =
+        padded(sqlx::query(sql::COMPLETE_SUCCEEDED).bind(Value::Array(rows).to_string()))
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut out = vec![CompletionStatus::Applied(JobState::Succeeded); completions.len()];
     let mut finished = Vec::new();
-    for (c, row) in completions.iter().zip(&answers) {
+    for row in &exceptions {
+        let ord: i64 = row.try_get("ord")?;
+        let Some((c, status)) = usize::try_from(ord)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| completions.get(i).zip(out.get_mut(i)))
+        else {
+            return Err(Error::Corrupt(format!("no completion at position {ord}")).into());
+        };
         if row.try_get::<bool, _>("ok")? {
-            out.push(CompletionStatus::Applied(JobState::Succeeded));
-            if row.try_get::<bool, _>("awaited")? {
-                finished.push((c.id, JobState::Succeeded, c.at));
-            }
+            finished.push((c.id, JobState::Succeeded, c.at));
         } else {
-            out.push(CompletionStatus::Stale);
+            *status = CompletionStatus::Stale;
         }
     }
     release(conn, signals, finished).await?;

@@ -174,8 +174,10 @@ pub(crate) const FETCH_QUEUE_NAMED: &str =
 
 /// Records successful attempts in one round trip, for a batch in which every completion is a
 /// success and no job appears twice. `?1` is a JSON array of `{id, lease, server, at, dur}`.
-/// A completion applies only while its job is processing under its lease; the last statement answers, in order, whether each applied and whether continuations await
-/// its job (so that they are released by the general code).
+/// A completion applies only while its job is processing under its lease. The last statement
+/// answers only the exceptions, by position (`ord`, from 1): a stale completion (`ok` 0), or
+/// an applied one whose job continuations await (`ok` 1; they are released by the general
+/// code). Every row sent back costs a hop between threads, so the usual answer is no row.
 pub(crate) const COMPLETE_SUCCEEDED: &str = "CREATE TEMP TABLE IF NOT EXISTS done (
              ord INTEGER PRIMARY KEY, id BLOB NOT NULL, lease BLOB NOT NULL, server TEXT,
              at INTEGER NOT NULL, dur INTEGER, ok INTEGER NOT NULL DEFAULT 0);
@@ -206,11 +208,13 @@ pub(crate) const COMPLETE_SUCCEEDED: &str = "CREATE TEMP TABLE IF NOT EXISTS don
              SELECT at / 3600000000 * 3600000000 AS h, COUNT(*), 0 FROM temp.done
              WHERE ok = 1 GROUP BY h
              ON CONFLICT (hour) DO UPDATE SET succeeded = succeeded + excluded.succeeded;
-         SELECT d.ok, d.ok = 1 AND EXISTS (
+         SELECT ord, ok FROM (
+             SELECT d.ord AS ord, d.ok AS ok, d.ok = 1 AND EXISTS (
                     SELECT 1 FROM jobs AS c INDEXED BY jobs_parent
                     WHERE c.parent_id IS NOT NULL AND c.parent_id = d.id
                       AND c.state = 'awaiting') AS awaited
-             FROM temp.done AS d ORDER BY d.ord";
+             FROM temp.done AS d)
+         WHERE ok = 0 OR awaited ORDER BY ord";
 
 /// Records a heartbeat.
 pub(crate) const SERVER_UPSERT: &str =

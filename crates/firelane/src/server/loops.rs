@@ -137,19 +137,17 @@ pub(super) async fn signals(shared: Arc<Shared>) {
     }
 }
 
-/// Leases as many jobs as there are free workers, and starts them.
+/// Leases as many jobs as there are free workers, and starts them: at start, on each wake-up
+/// (jobs enqueued, a queue resumed) and each poll interval.
+///
+/// While jobs keep finishing, the completer refills the freed workers in the same store call
+/// that records the outcomes (see [`completer`]), so this loop does not wait on free workers
+/// itself: if it did, it would take every worker as soon as it is freed and split the work
+/// into two streams of smaller batches, each a transaction of its own.
 pub(super) async fn fetcher(shared: Arc<Shared>) {
     let mut backoff = Backoff::new();
     loop {
-        let first = tokio::select! {
-            biased;
-            () = shared.stop.cancelled() => return,
-            p = Arc::clone(&shared.semaphore).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let mut permits = vec![first];
+        let mut permits = Vec::new();
         while permits.len() < shared.config.fetch_batch {
             match Arc::clone(&shared.semaphore).try_acquire_owned() {
                 Ok(p) => permits.push(p),
@@ -157,28 +155,36 @@ pub(super) async fn fetcher(shared: Arc<Shared>) {
             }
         }
         let wanted = permits.len();
-        match shared.storage.fetch(fetch_request(&shared, wanted)).await {
-            Ok(jobs) => {
-                backoff.reset();
-                let got = jobs.len();
-                start_jobs(&shared, jobs, permits);
-                if got < wanted {
+        let full = if wanted == 0 {
+            false
+        } else {
+            match shared.storage.fetch(fetch_request(&shared, wanted)).await {
+                Ok(jobs) => {
+                    backoff.reset();
+                    let got = jobs.len();
+                    start_jobs(&shared, jobs, permits);
+                    got == wanted
+                }
+                Err(e) => {
+                    drop(permits);
+                    let wait = backoff.next();
+                    tracing::warn!(error = %e, retry_in = ?wait, "fetching jobs failed");
                     tokio::select! {
                         () = shared.stop.cancelled() => return,
-                        () = shared.fetch_wakeup.notified() => {}
-                        () = tokio::time::sleep(shared.config.poll_interval) => {}
+                        () = tokio::time::sleep(wait) => {}
                     }
+                    continue;
                 }
             }
-            Err(e) => {
-                drop(permits);
-                let wait = backoff.next();
-                tracing::warn!(error = %e, retry_in = ?wait, "fetching jobs failed");
-                tokio::select! {
-                    () = shared.stop.cancelled() => return,
-                    () = tokio::time::sleep(wait) => {}
-                }
-            }
+        };
+        // A full fetch may have left jobs behind for workers that are still free.
+        if full && shared.semaphore.available_permits() > 0 {
+            continue;
+        }
+        tokio::select! {
+            () = shared.stop.cancelled() => return,
+            () = shared.fetch_wakeup.notified() => {}
+            () = tokio::time::sleep(shared.config.poll_interval) => {}
         }
     }
 }
