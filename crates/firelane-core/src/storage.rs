@@ -360,6 +360,9 @@ pub struct JobQuery {
 }
 
 impl JobQuery {
+    /// How many jobs, newest first, a text search reads at most.
+    pub const SEARCH_WINDOW: u32 = 50_000;
+
     /// Every job, newest first, 50 at a time.
     pub fn new() -> Self {
         Self::default()
@@ -385,6 +388,11 @@ impl JobQuery {
 
     /// Only jobs whose id, name or queue is `text`, or whose name or arguments contain it.
     /// An empty text matches every job.
+    ///
+    /// A search by id is exact. A text search reads at most the newest
+    /// [`JobQuery::SEARCH_WINDOW`] jobs that pass the other filters, so that it answers in
+    /// bounded time however many jobs the store holds; narrow it by state, name or time to
+    /// reach older jobs.
     pub fn search(mut self, text: impl Into<String>) -> Self {
         let text = text.into();
         self.search = if text.is_empty() { None } else { Some(text) };

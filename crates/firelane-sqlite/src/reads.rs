@@ -82,40 +82,53 @@ pub(crate) async fn list_jobs(
             .collect();
     }
 
-    // Only fixed fragments go into the text; every value is bound.
-    let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
+    // Only fixed fragments go into the text; every value is bound, except the constants of
+    // the retries filter, which must be literal for SQLite to use their partial index.
+    let mut filters = String::new();
     let mut binds: Vec<Bind> = Vec::new();
-    if let Some(s) = query.state {
-        sql.push_str(" AND state = ?");
+    if query.retries {
+        filters.push_str(" AND state = 'scheduled' AND attempt > 0");
+    } else if let Some(s) = query.state {
+        filters.push_str(" AND state = ?");
         binds.push(Bind::Text(s.as_str().to_owned()));
     }
-    if query.retries {
-        sql.push_str(" AND attempt > 0");
-    }
     if let Some(queue) = &query.queue {
-        sql.push_str(" AND queue = ?");
+        filters.push_str(" AND queue = ?");
         binds.push(Bind::Text(queue.clone()));
     }
     if let Some(name) = &query.name {
-        sql.push_str(" AND name = ?");
+        filters.push_str(" AND name = ?");
         binds.push(Bind::Text(name.clone()));
     }
     if let Some(from) = query.created_from {
-        sql.push_str(" AND created_at >= ?");
+        filters.push_str(" AND created_at >= ?");
         binds.push(Bind::Int(us(from)));
     }
     if let Some(to) = query.created_to {
-        sql.push_str(" AND created_at < ?");
+        filters.push_str(" AND created_at < ?");
         binds.push(Bind::Int(us(to)));
     }
+    // Without statistics SQLite prefers `jobs_state (state, id)` for the retries, which reads
+    // every scheduled job newer than the oldest retry.
+    let source = if query.retries {
+        "jobs INDEXED BY jobs_retries"
+    } else {
+        "jobs"
+    };
+    let mut sql = format!("SELECT {JOB_COLUMNS} FROM {source} WHERE 1 = 1{filters}");
     if let Some(text) = &query.search {
         let text = text.trim();
         if let Ok(id) = text.parse::<JobId>() {
             sql.push_str(" AND id = ?");
             binds.push(Bind::Blob(id.as_bytes().to_vec()));
         } else {
-            // Newest first, stopping at the page's end: a search for a common text reads only
-            // the newest jobs; one that matches little reads more of the table.
+            // Within the newest jobs that pass the other filters (a window, so that a search
+            // that matches little does not read the whole table).
+            sql.push_str(&format!(
+                " AND id IN (SELECT id FROM {source} WHERE 1 = 1{filters} ORDER BY id DESC LIMIT ?)"
+            ));
+            binds.extend(binds.clone());
+            binds.push(Bind::Int(i64::from(JobQuery::SEARCH_WINDOW)));
             sql.push_str(" AND (queue = ? OR instr(name, ?) > 0 OR instr(args, ?) > 0)");
             for _ in 0..3 {
                 binds.push(Bind::Text(text.to_owned()));
@@ -137,6 +150,7 @@ pub(crate) async fn list_jobs(
 }
 
 /// A value bound to a query built piece by piece.
+#[derive(Clone)]
 enum Bind {
     Text(String),
     Int(i64),

@@ -161,6 +161,9 @@ CREATE TABLE stats_hourly (
     failed    INTEGER NOT NULL DEFAULT 0
 );
 
+-- Scheduled jobs waiting for a retry, newest first, for the retries list.
+CREATE INDEX jobs_retries ON jobs (id) WHERE state = 'scheduled' AND attempt > 0;
+
 -- Queues that no fetch takes jobs from.
 CREATE TABLE paused_queues (
     queue     TEXT PRIMARY KEY NOT NULL,
