@@ -420,6 +420,32 @@ pub(crate) async fn enqueue(
     Ok(out)
 }
 
+/// One element of a fetch's answer (see [`sql::FETCH_QUEUE_ANY`]): position, job id and lease
+/// as hex, whether the job was leased, then the job's columns.
+type FetchedRow = (
+    i64,
+    String,
+    String,
+    bool,
+    Option<String>,
+    Option<String>,
+    Option<i32>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// A job id from its hex text.
+fn hex_id(text: &str) -> Result<JobId, Error> {
+    uuid::Uuid::try_parse(text)
+        .map(JobId::from_uuid)
+        .map_err(|e| Error::Corrupt(format!("bad job id {text:?}: {e}")))
+}
+
 /// [`firelane_core::Storage::fetch`]: one round trip per queue (see
 /// [`sql::FETCH_QUEUE_ANY`]), queues in the order given until the limit is reached.
 pub(crate) async fn fetch(
@@ -444,7 +470,7 @@ pub(crate) async fn fetch(
         if remaining == 0 {
             break;
         }
-        let rows = padded(
+        let answer: String = padded(
             sqlx::query(text)
                 .bind(queue)
                 .bind(limit_i64(remaining))
@@ -453,30 +479,52 @@ pub(crate) async fn fetch(
                 .bind(us(request.lease_until))
                 .bind(names.as_deref()),
         )
-        .fetch_all(&mut *conn)
-        .await?;
-        for row in rows {
-            let Some(raw_id) = row.try_get::<Option<Vec<u8>>, _>("id")? else {
-                let raw: Vec<u8> = row.try_get("job_id")?;
-                tracing::warn!(job = ?JobId::from_slice(&raw), "dropped the queue row of a job that is not enqueued");
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("jobs")?;
+        let mut rows: Vec<FetchedRow> = serde_json::from_str(&answer)
+            .map_err(|e| Error::Corrupt(format!("a fetch answered {answer:?}: {e}")))?;
+        rows.sort_by_key(|r| r.0);
+        for (
+            _,
+            raw_id,
+            lease,
+            leased,
+            name,
+            queue,
+            priority,
+            args,
+            attempt,
+            max,
+            delays,
+            timeout,
+            created,
+            enqueued,
+        ) in rows
+        {
+            let id = hex_id(&raw_id)?;
+            if !leased {
+                tracing::warn!(job = %id, "dropped the queue row of a job that is not enqueued");
                 continue;
+            }
+            let field = |v: Option<String>, what: &str| {
+                v.ok_or_else(|| Error::Corrupt(format!("job {id} has no {what}")))
             };
             out.push(FetchedJob::new(
-                job_id(&raw_id)?,
-                row.try_get("name")?,
-                row.try_get("queue")?,
-                row.try_get("priority")?,
-                row.try_get("args")?,
-                count_u32(row.try_get("attempt")?),
-                retry_policy(
-                    row.try_get("max_attempts")?,
-                    row.try_get::<Option<String>, _>("retry_delays")?.as_deref(),
-                )?,
-                row.try_get::<Option<i64>, _>("timeout_ms")?
-                    .map(|v| Duration::from_millis(u64::try_from(v).unwrap_or(0))),
-                lease_id(&row.try_get::<Vec<u8>, _>("lease")?)?,
-                time(row.try_get("created_at")?)?,
-                time(row.try_get("enqueued_at")?)?,
+                id,
+                field(name, "name")?,
+                field(queue, "queue")?,
+                priority.unwrap_or(0),
+                field(args, "arguments")?,
+                count_u32(attempt.unwrap_or(0)),
+                retry_policy(max.unwrap_or(1), delays.as_deref())?,
+                timeout.map(|v| Duration::from_millis(u64::try_from(v).unwrap_or(0))),
+                LeaseId::from_uuid(
+                    uuid::Uuid::try_parse(&lease)
+                        .map_err(|e| Error::Corrupt(format!("bad lease {lease:?}: {e}")))?,
+                ),
+                time(created.unwrap_or(0))?,
+                time(enqueued.unwrap_or(0))?,
             ));
         }
     }

@@ -116,8 +116,9 @@ pub(crate) const ENQUEUE: &str = concat!(
 /// `?5` lease end, `?6` a JSON array of job names or NULL for any. The queue rows taken go
 /// through the scratch table `temp.fetched` in fetch order; each job gets a random lease,
 /// its attempt goes up by one; history rows and counters are written; the last statement
-/// returns the leased jobs in fetch order (a row whose job is not enqueued, which should not
-/// exist, is dropped from the queue and counted as stale, with NULL job columns).
+/// returns the leased jobs as one row, a JSON array of arrays (rows cost a hop between threads
+/// each), each with its position in fetch order (a queue row whose job is not enqueued, which
+/// should not exist, is dropped from the queue and comes back with NULL job columns).
 macro_rules! fetch_one_queue {
     ($filter:literal) => {
         concat!(
@@ -155,12 +156,12 @@ macro_rules! fetch_one_queue {
                      SELECT 'queue:' || ?1, -COUNT(*) FROM temp.fetched)
                  WHERE n <> 0
                  ON CONFLICT (key) DO UPDATE SET n = n + excluded.n;
-             SELECT f.job_id AS job_id, f.lease AS lease, j.id AS id, j.name, j.queue, j.priority,
-                    j.args, j.attempt, j.max_attempts, j.retry_delays, j.timeout_ms, j.created_at,
-                    f.enqueued_at AS enqueued_at
+             SELECT json_group_array(json_array(f.ord, hex(f.job_id), hex(f.lease),
+                        json(CASE WHEN j.id IS NULL THEN 'false' ELSE 'true' END),
+                        j.name, j.queue, j.priority, j.args, j.attempt, j.max_attempts,
+                        j.retry_delays, j.timeout_ms, j.created_at, f.enqueued_at)) AS jobs
                  FROM temp.fetched AS f LEFT JOIN jobs AS j
-                 ON j.id = f.job_id AND j.lease_id = f.lease
-                 ORDER BY f.ord"
+                 ON j.id = f.job_id AND j.lease_id = f.lease"
         )
     };
 }

@@ -99,7 +99,8 @@ async fn a_version_1_database_gets_the_recurring_table() {
     store.enqueue(vec![job], now).await.unwrap();
     sqlx::raw_sql(
         "DROP TABLE recurring; DROP TABLE counters; DROP TABLE stats_hourly;
-         DROP TABLE paused_queues; DELETE FROM firelane_schema WHERE version >= 2;",
+         DROP TABLE paused_queues; DROP INDEX jobs_retries;
+         DELETE FROM firelane_schema WHERE version >= 2;",
     )
     .execute(store.pool())
     .await
