@@ -314,6 +314,25 @@ async fn apply_and_release(
     release(conn, signals, finished).await
 }
 
+/// One new job as [`sql::ENQUEUE`] reads it: a JSON array, in its column order.
+#[derive(serde::Serialize)]
+struct IncomingRow<'a>(
+    String,
+    &'a str,
+    &'a str,
+    i32,
+    &'a str,
+    &'static str,
+    u32,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<&'static str>,
+    Option<String>,
+    Option<i64>,
+);
+
 /// [`firelane_core::Storage::enqueue`].
 pub(crate) async fn enqueue(
     conn: &mut SqliteConnection,
@@ -391,27 +410,29 @@ pub(crate) async fn enqueue(
             }
             _ => {}
         }
-        rows.push(json!({
-            "id": hex(job.id),
-            "name": job.name,
-            "queue": job.queue,
-            "priority": job.priority,
-            "args": job.args,
-            "state": state.as_str(),
-            "max": job.retry.max_attempts(),
-            "delays": retry_delays(&job.retry),
-            "timeout": job.timeout.map(ms),
-            "due": due.map(us),
-            "parent": parent.map(|(p, _)| hex(p)),
-            "on": parent.map(|(_, on)| on.as_str()),
-            "reason": reason,
-            "fin": state.is_finished().then_some(us(now)),
-        }));
+        rows.push(IncomingRow(
+            hex(job.id),
+            &job.name,
+            &job.queue,
+            job.priority,
+            &job.args,
+            state.as_str(),
+            job.retry.max_attempts(),
+            retry_delays(&job.retry),
+            job.timeout.map(ms),
+            due.map(us),
+            parent.map(|(p, _)| hex(p)),
+            parent.map(|(_, on)| on.as_str()),
+            reason,
+            state.is_finished().then_some(us(now)),
+        ));
         out.push(Enqueued::new(job.id, state));
     }
+    let rows = serde_json::to_string(&rows)
+        .map_err(|e| Error::Config(format!("cannot encode jobs for the store: {e}")))?;
     padded(
         sqlx::query(sql::ENQUEUE)
-            .bind(Value::Array(rows).to_string())
+            .bind(rows)
             .bind(us(now))
             .bind(tally.counters_json()),
     )

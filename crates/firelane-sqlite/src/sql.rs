@@ -89,25 +89,37 @@ pub(crate) const CHILDREN: &str = concat!(
 pub(crate) const PARENT_STATES: &str =
     "SELECT id, state FROM jobs WHERE id IN (SELECT unhex(value) FROM json_each(?))";
 
-/// New jobs (`?1`, a JSON array), created at `?2`, in one round trip: the rows, the queue rows
-/// of the enqueued ones and the first history row of each, in order, and the counters `?3`.
+/// New jobs (`?1`, a JSON array of arrays: id as hex, name, queue, priority, args, state,
+/// max attempts, retry delays, timeout, due, parent as hex, continuation condition, reason,
+/// finished at), created at `?2`, in one round trip: the array is read once into the scratch
+/// table `temp.incoming`, from which come the rows, the queue rows of the enqueued ones and the
+/// first history row of each, in order; then the counters `?3`. (Arrays rather than objects:
+/// SQLite finds an object's field by walking its keys, for each field of each job.)
 pub(crate) const ENQUEUE: &str = concat!(
-    "INSERT INTO jobs (id, name, queue, priority, args, state, attempt,
-             max_attempts, retry_delays, timeout_ms, created_at, state_at, due_at, parent_id,
-             continue_on, reason, finished_at)
-         SELECT unhex(x.value ->> 'id'), x.value ->> 'name', x.value ->> 'queue',
-                x.value ->> 'priority', x.value ->> 'args', x.value ->> 'state', 0,
-                x.value ->> 'max', x.value ->> 'delays', x.value ->> 'timeout', ?2, ?2,
-                x.value ->> 'due', unhex(x.value ->> 'parent'), x.value ->> 'on',
-                x.value ->> 'reason', x.value ->> 'fin'
-         FROM jsonb_each(?1) AS x ORDER BY x.key;
-         INSERT INTO queue (queue, priority, name, job_id)
-             SELECT x.value ->> 'queue', x.value ->> 'priority', x.value ->> 'name',
-                    unhex(x.value ->> 'id')
-             FROM jsonb_each(?1) AS x WHERE x.value ->> 'state' = 'enqueued' ORDER BY x.key;
-         INSERT INTO history (job_id, state, at, reason, attempt)
-             SELECT unhex(x.value ->> 'id'), x.value ->> 'state', ?2, x.value ->> 'reason', 0
+    "CREATE TEMP TABLE IF NOT EXISTS incoming (
+             ord INTEGER PRIMARY KEY, id BLOB NOT NULL, name TEXT NOT NULL, queue TEXT NOT NULL,
+             priority INTEGER NOT NULL, args TEXT NOT NULL, state TEXT NOT NULL,
+             max INTEGER NOT NULL, delays TEXT, timeout INTEGER, due INTEGER, parent BLOB,
+             cont TEXT, reason TEXT, fin INTEGER);
+         DELETE FROM temp.incoming;
+         INSERT INTO temp.incoming (id, name, queue, priority, args, state, max, delays,
+                 timeout, due, parent, cont, reason, fin)
+             SELECT unhex(x.value ->> 0), x.value ->> 1, x.value ->> 2, x.value ->> 3,
+                    x.value ->> 4, x.value ->> 5, x.value ->> 6, x.value ->> 7, x.value ->> 8,
+                    x.value ->> 9, unhex(x.value ->> 10), x.value ->> 11, x.value ->> 12,
+                    x.value ->> 13
              FROM jsonb_each(?1) AS x ORDER BY x.key;
+         INSERT INTO jobs (id, name, queue, priority, args, state, attempt,
+                 max_attempts, retry_delays, timeout_ms, created_at, state_at, due_at, parent_id,
+                 continue_on, reason, finished_at)
+             SELECT id, name, queue, priority, args, state, 0, max, delays, timeout, ?2, ?2,
+                    due, parent, cont, reason, fin
+             FROM temp.incoming ORDER BY ord;
+         INSERT INTO queue (queue, priority, name, job_id)
+             SELECT queue, priority, name, id FROM temp.incoming
+             WHERE state = 'enqueued' ORDER BY ord;
+         INSERT INTO history (job_id, state, at, reason, attempt)
+             SELECT id, state, ?2, reason, 0 FROM temp.incoming ORDER BY ord;
          ",
     add_counters!("?3")
 );
@@ -387,6 +399,11 @@ mod tests {
         sqlx::raw_sql(
             "CREATE TEMP TABLE fetched (ord INTEGER PRIMARY KEY, seq INTEGER NOT NULL,
                  job_id BLOB NOT NULL, lease BLOB NOT NULL, enqueued_at INTEGER);
+             CREATE TEMP TABLE incoming (ord INTEGER PRIMARY KEY, id BLOB NOT NULL,
+                 name TEXT NOT NULL, queue TEXT NOT NULL, priority INTEGER NOT NULL,
+                 args TEXT NOT NULL, state TEXT NOT NULL, max INTEGER NOT NULL, delays TEXT,
+                 timeout INTEGER, due INTEGER, parent BLOB, cont TEXT, reason TEXT,
+                 fin INTEGER);
              CREATE TEMP TABLE done (ord INTEGER PRIMARY KEY, id BLOB NOT NULL,
                  lease BLOB NOT NULL, server TEXT, at INTEGER NOT NULL, dur INTEGER,
                  ok INTEGER NOT NULL DEFAULT 0)",
@@ -415,6 +432,7 @@ mod tests {
                     "SCAN temp.fetched",
                     "SCAN f",
                     "SCAN temp.done",
+                    "SCAN temp.incoming",
                     "SCAN d",
                 ];
                 let allowed = line.contains("VIRTUAL TABLE")
