@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use firelane::Storage;
+use firelane_postgres::{PostgresConfig, PostgresStorage};
 
 use crate::{CliError, CliResult};
 
@@ -14,14 +15,68 @@ pub(crate) async fn open(url: &str) -> CliResult<Arc<dyn Storage>> {
             let store = firelane::sqlite(url).await?;
             Ok(Arc::new(store))
         }
-        "postgres" | "postgresql" => Err(CliError::new(format!(
-            "{url}: this build of firelane has no PostgreSQL store yet; use sqlite://path/to/file.db"
-        ))),
+        "postgres" | "postgresql" => {
+            let store = PostgresStorage::connect(url).await?;
+            Ok(Arc::new(store))
+        }
         "redis" | "rediss" => Err(CliError::new(format!(
-            "{url}: this build of firelane has no Redis store yet; use sqlite://path/to/file.db"
+            "{url}: this build of firelane has no Redis store yet; use sqlite://path/to/file.db or postgres://user@host/database"
         ))),
         _ => Err(CliError::new(format!(
-            "{url:?} is not a store URL: use sqlite://path/to/file.db (or sqlite::memory:), with --store or FIRELANE_STORE"
+            "{url:?} is not a store URL: use sqlite://path/to/file.db (or sqlite::memory:) or postgres://user@host/database[?schema=name], with --store or FIRELANE_STORE"
         ))),
+    }
+}
+
+/// A PostgreSQL store in a fresh schema of the database `url` names, for `firelane bench`;
+/// the schema is dropped when the returned guard is.
+#[allow(dead_code)] // Until `bench.rs` makes its PostgreSQL scratch store with it.
+pub(crate) async fn scratch_postgres(url: &str) -> CliResult<(Arc<dyn Storage>, DropSchema)> {
+    let random = format!("{:016x}", rand_u64());
+    let config = PostgresConfig::from_url(url)?.schema(format!("firelane_bench_{random}"));
+    let schema = config.schema_name().to_owned();
+    let store = PostgresStorage::connect_with(config).await?;
+    let guard = DropSchema {
+        store: store.clone(),
+        schema,
+    };
+    Ok((Arc::new(store), guard))
+}
+
+/// A few random bits without a dependency: the clock's nanoseconds and the process id.
+fn rand_u64() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    (nanos as u64) ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Drops a scratch schema: call [`DropSchema::drop_now`] (dropping the guard without it leaves
+/// the schema behind, with a warning).
+#[derive(Debug)]
+pub(crate) struct DropSchema {
+    store: PostgresStorage,
+    schema: String,
+}
+
+#[allow(dead_code)]
+impl DropSchema {
+    /// Drops the schema and everything in it.
+    pub(crate) async fn drop_now(self) -> CliResult {
+        let sql = format!(
+            "DROP SCHEMA \"{}\" CASCADE",
+            self.schema.replace('"', "\"\"")
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(self.store.pool())
+            .await
+            .map_err(|e| {
+                CliError::new(format!(
+                    "cannot drop the scratch schema {}: {e}",
+                    self.schema
+                ))
+            })?;
+        self.store.close().await;
+        Ok(())
     }
 }

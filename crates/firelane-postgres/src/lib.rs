@@ -151,7 +151,11 @@ impl PostgresStorage {
         } else {
             options.application_name("firelane")
         };
-        let options = options.log_statements(tracing::log::LevelFilter::Trace);
+        // Every statement is written for a generic plan (values come as arrays), so planning
+        // it again for each execution, as PostgreSQL does for the first five, is waste.
+        let options = options
+            .options([("plan_cache_mode", "force_generic_plan")])
+            .log_statements(tracing::log::LevelFilter::Trace);
 
         let mut first = match tokio::time::timeout(config.acquire_timeout, options.connect()).await
         {

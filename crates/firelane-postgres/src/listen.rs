@@ -122,6 +122,7 @@ async fn run(
     loop {
         match listener.try_recv().await {
             Ok(Some(n)) => {
+                tracing::trace!(%channel, payload = n.payload(), "notification");
                 let (from, payload) = split_origin(n.payload());
                 if from == origin {
                     // Sent by this store, which delivered it in process already.
@@ -161,6 +162,7 @@ async fn run(
 
 /// Wake-ups for whatever may have been missed while not listening.
 async fn wake_all(pool: &PgPool, sql: &SqlHandle, signals: &broadcast::Sender<Signal>) {
+    tracing::trace!(receivers = signals.receiver_count(), "waking everything");
     let _ = signals.send(Signal::RecurringChanged);
     match sqlx::query_scalar::<_, Option<DateTime<Utc>>>(AssertSqlSafe(Arc::clone(&sql.next_due)))
         .fetch_one(pool)
@@ -177,6 +179,7 @@ async fn wake_all(pool: &PgPool, sql: &SqlHandle, signals: &broadcast::Sender<Si
         .await
     {
         Ok(queues) => {
+            tracing::trace!(?queues, "waking queues");
             for queue in queues {
                 let _ = signals.send(Signal::Enqueued { queue });
             }

@@ -5,19 +5,21 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use firelane_core::{
-    Error, HourlyStats, JobDetails, JobId, JobQuery, JobRecord, JobState, QueueStats,
-    RecurringRecord, ServerInfo, ServerRecord, Stats,
+    Error, HistoryEntry, HourlyStats, JobDetails, JobId, JobQuery, JobRecord, JobState, QueueStats,
+    RecurringRecord, ServerId, ServerInfo, ServerRecord, Stats,
 };
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use uuid::Uuid;
 
 use crate::codec::{
-    JOB_COLUMNS, OpResult, RECURRING_COLUMNS, count_u64, history_entry, job_record,
+    JOB_COLUMNS, OpResult, RECURRING_COLUMNS, count_u32, count_u64, history_entry, int, job_record,
     recurring_record, state, t,
 };
 use crate::ops::Ctx;
 
-/// [`firelane_core::Storage::job`].
+/// [`firelane_core::Storage::job`]. The history is put together from the job's first entry
+/// (kept in its row), one row per later state change, where a row that ends an attempt also
+/// holds the attempt's start, and the start of the running attempt (in the job's row).
 pub(crate) async fn job(
     conn: &mut PgConnection,
     ctx: &Ctx,
@@ -26,7 +28,8 @@ pub(crate) async fn job(
     let s = &ctx.sql.schema;
     let key = *id.as_uuid();
     let Some(row) = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {JOB_COLUMNS} FROM {s}.jobs WHERE id = $1"
+        "SELECT {JOB_COLUMNS}, initial_state, initial_reason, started_at, started_by
+         FROM {s}.jobs WHERE id = $1"
     )))
     .bind(key)
     .fetch_optional(&mut *conn)
@@ -35,16 +38,45 @@ pub(crate) async fn job(
         return Ok(None);
     };
     let record = job_record(&row)?;
-    let history = sqlx::query(AssertSqlSafe(format!(
-        "SELECT state, at, reason, server, attempt, duration_us, error
+    let mut history = Vec::new();
+    let mut first = HistoryEntry::new(
+        state(&row.try_get::<String, _>("initial_state")?)?,
+        record.created_at,
+        0,
+    );
+    first.reason = row.try_get("initial_reason")?;
+    history.push(first);
+    let started = |at: Option<DateTime<Utc>>, by: Option<String>, attempt: Option<i32>| {
+        at.map(|at| {
+            let mut e =
+                HistoryEntry::new(JobState::Processing, at, count_u32(attempt.unwrap_or(0)));
+            e.server = by.map(ServerId::from_string);
+            e
+        })
+    };
+    for h in sqlx::query(AssertSqlSafe(format!(
+        "SELECT state, at, reason, server, attempt, duration_us, error, started_at, started_by,
+                started_attempt
          FROM {s}.history WHERE job_id = $1 ORDER BY seq"
     )))
     .bind(key)
     .fetch_all(&mut *conn)
     .await?
-    .iter()
-    .map(history_entry)
-    .collect::<OpResult<Vec<_>>>()?;
+    {
+        history.extend(started(
+            h.try_get("started_at")?,
+            h.try_get("started_by")?,
+            h.try_get("started_attempt")?,
+        ));
+        history.push(history_entry(&h)?);
+    }
+    if record.state == JobState::Processing {
+        history.extend(started(
+            row.try_get("started_at")?,
+            row.try_get("started_by")?,
+            Some(int(record.attempt)),
+        ));
+    }
     let continuations: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT id FROM {s}.jobs WHERE parent_id = $1 ORDER BY id"
     )))
@@ -117,6 +149,11 @@ pub(crate) async fn list_jobs(
     if let Some(st) = query.state {
         let p = param(&mut binds, Bind::Text(st.as_str().to_owned()));
         sql.push_str(&format!(" AND state = {p}"));
+        // Enqueued jobs are found through the small queue table (no index on `jobs` covers
+        // them); the others through their partial indexes or the primary key.
+        if st == JobState::Enqueued {
+            sql.push_str(&format!(" AND id IN (SELECT job_id FROM {s}.queue)"));
+        }
     }
     if query.retries {
         sql.push_str(" AND attempt > 0");

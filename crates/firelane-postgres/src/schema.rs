@@ -66,10 +66,17 @@ CREATE TABLE __S__.jobs (
     lease_until  timestamptz,
     reason       text,
     last_error   text,
-    finished_at  timestamptz          -- succeeded, failed and deleted jobs
+    finished_at  timestamptz,         -- succeeded, failed and deleted jobs
+    initial_state  text NOT NULL,     -- the first history entry: the state it was created in
+    initial_reason text,              -- and why
+    started_at   timestamptz,         -- the last attempt: when it was leased
+    started_by   text                 -- and by which server
 );
--- Each background pass reads only the jobs it concerns, through a partial index.
-CREATE INDEX jobs_state ON __S__.jobs (state, id);
+-- Each background pass reads only the jobs it concerns, through a partial index. No index
+-- covers the states of the hot path (enqueued, processing, succeeded) but the partial ones that
+-- a pass needs: a job moving along it updates only the indexes it must.
+CREATE INDEX jobs_state ON __S__.jobs (state, id)
+    WHERE state IN ('scheduled', 'failed', 'deleted', 'awaiting');
 CREATE INDEX jobs_scheduled ON __S__.jobs (due_at) WHERE state = 'scheduled';
 CREATE INDEX jobs_processing ON __S__.jobs (lease_until) WHERE state = 'processing';
 CREATE INDEX jobs_finished ON __S__.jobs (state, finished_at) WHERE finished_at IS NOT NULL;
@@ -92,7 +99,10 @@ CREATE UNIQUE INDEX queue_job ON __S__.queue (job_id);
 ALTER TABLE __S__.queue SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
     autovacuum_vacuum_cost_delay = 0);
 
--- One row for every state a job entered, written in the statement that changed the state.
+-- The job's history after its creation (the first entry is in `jobs.initial_*`): one row per
+-- state change, written in the statement that made it. An attempt is one row, written when it
+-- ends: its end (state, time, server, duration, error) and its start (`started_*`: when the job
+-- was leased, by which server, as which attempt). A running attempt's start is in `jobs`.
 CREATE TABLE __S__.history (
     seq         bigint GENERATED ALWAYS AS IDENTITY,
     job_id      uuid NOT NULL,
@@ -102,7 +112,10 @@ CREATE TABLE __S__.history (
     server      text,
     attempt     integer NOT NULL,
     duration_us bigint,
-    error       text
+    error       text,
+    started_at      timestamptz,
+    started_by      text,
+    started_attempt integer
 );
 CREATE INDEX history_job ON __S__.history (job_id, seq);
 

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use crate::schema::quote_ident;
 
 /// Creates jobs: `$1`..`$13` are the columns (arrays), `$14` the time, `$15`/`$16` the counter
-/// deltas (keys and amounts), `$17` the channel and `$18` the wake-up payloads.
+/// deltas (keys and amounts), `$17` the channel and `$18` the wake-up payloads. A job's first
+/// history entry is kept in its row (`initial_state`, `initial_reason`).
 const ENQUEUE: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::text[],
@@ -24,20 +25,17 @@ WITH input AS (
 ins AS (
     INSERT INTO __S__.jobs (id, name, queue, priority, args, state, attempt, max_attempts,
                             retry_delays, timeout_ms, created_at, state_at, due_at, parent_id,
-                            continue_on, reason, finished_at)
+                            continue_on, reason, finished_at, initial_state, initial_reason)
     SELECT id, name, queue, priority, args, state, 0, max_attempts, retry_delays, timeout_ms,
            $14, $14, due_at, parent_id, continue_on, reason,
-           CASE WHEN state IN ('succeeded', 'failed', 'deleted') THEN $14::timestamptz END
+           CASE WHEN state IN ('succeeded', 'failed', 'deleted') THEN $14::timestamptz END,
+           state, reason
     FROM input ORDER BY ord
     RETURNING 1
 ),
 q AS (
     INSERT INTO __S__.queue (queue, priority, name, job_id, enqueued_at)
     SELECT queue, priority, name, id, $14 FROM input WHERE state = 'enqueued' ORDER BY ord
-),
-h AS (
-    INSERT INTO __S__.history (job_id, state, at, reason, attempt)
-    SELECT id, state, $14, reason, 0 FROM input ORDER BY ord
 ),
 c AS (
     INSERT INTO __S__.counter_deltas (key, n) SELECT * FROM unnest($15::text[], $16::int8[])
@@ -53,7 +51,8 @@ const PARENT_STATES: &str =
 /// The fetch fragment: up to `$F2` jobs of queue `$F1` (none while it is paused), of the names
 /// `$F3` (NULL: any), leased at `$F4` to server `$F5` until `$F6`. The queue rows are locked
 /// with SKIP LOCKED (concurrent fetches take different jobs) and deleted; the jobs get a fresh
-/// lease and their attempt counted; history and counters follow. Defines `fupd`.
+/// lease and their attempt counted (the attempt's start is kept in the job's row, and written to
+/// the history with its end); counters follow. Defines `fupd`.
 const FETCH_CTES: &str = "
 cand AS MATERIALIZED (
     SELECT q.ctid AS qctid FROM __S__.queue q
@@ -70,15 +69,11 @@ dq AS (
 fupd AS (
     UPDATE __S__.jobs j SET state = 'processing', attempt = j.attempt + 1, state_at = $F4,
         lease_id = gen_random_uuid(), lease_server = $F5, lease_until = $F6, due_at = NULL,
-        reason = NULL
+        reason = NULL, started_at = $F4, started_by = $F5
     FROM dq WHERE j.id = dq.job_id AND j.state = 'enqueued'
     RETURNING j.id, j.name, j.queue, j.priority, j.args, j.attempt, j.max_attempts,
               j.retry_delays, j.timeout_ms, j.lease_id, j.created_at, dq.enqueued_at, dq.qp,
               dq.seq
-),
-fh AS (
-    INSERT INTO __S__.history (job_id, state, at, server, attempt)
-    SELECT id, 'processing', $F4, $F5, attempt FROM fupd ORDER BY qp DESC, seq
 ),
 fc AS (
     INSERT INTO __S__.counter_deltas (key, n)
@@ -93,7 +88,8 @@ const FETCH_COLUMNS: &str = "id, name, queue, priority, args, attempt, max_attem
 
 /// The move fragment: applies moves given as arrays, each a compare-and-set on the job's state
 /// (`$M2`) and, where given, its lease (`$M3`) and lease end (`$M15`, recovery only applies to a
-/// lease that lapsed before it). A move into a finished state releases the job's awaiting
+/// lease that lapsed before it). A move that ends an attempt writes one history row for the
+/// whole attempt (its start, from the job's row, and its end). A move into a finished state releases the job's awaiting
 /// continuations (and theirs, recursively, when one is deleted) in the same statement. Queue
 /// rows, history rows, counters, hourly figures and wake-ups (`pg_notify` on channel `$M16`)
 /// follow from what moved (payloads prefixed with `$M17`, the sender's origin). Defines
@@ -107,13 +103,6 @@ m AS (
         AS m(id, old_state, lease, new_state, attempt_set, attempt_delta, at, due, reason,
              reason_retry, error, server, duration_us, revoke, lapsed_before)
 ),
-locked AS MATERIALIZED (
-    SELECT j.id FROM __S__.jobs j JOIN m ON m.id = j.id
-    WHERE j.state = m.old_state AND (m.lease IS NULL OR j.lease_id = m.lease)
-      AND (m.lapsed_before IS NULL OR j.lease_until < m.lapsed_before)
-    ORDER BY j.id
-    FOR UPDATE OF j
-),
 upd AS (
     UPDATE __S__.jobs j SET state = m.new_state,
         attempt = COALESCE(m.attempt_set, GREATEST(j.attempt + m.attempt_delta, 0)),
@@ -125,13 +114,19 @@ upd AS (
                       THEN format('attempt %s of %s failed; retrying', j.attempt, j.max_attempts)
                       ELSE m.reason END,
         last_error = COALESCE(m.error, j.last_error)
-    FROM m, locked
-    WHERE j.id = m.id AND locked.id = m.id AND j.state = m.old_state
+    -- In id order: rows are locked in the order they are updated, and two statements that
+    -- lock the same jobs (a heartbeat, a completion) in one order cannot deadlock.
+    FROM (SELECT * FROM m ORDER BY id) AS m
+    WHERE j.id = m.id AND j.state = m.old_state
       AND (m.lease IS NULL OR j.lease_id = m.lease)
       AND (m.lapsed_before IS NULL OR j.lease_until < m.lapsed_before)
     RETURNING j.id, j.name, j.queue, j.priority, m.old_state, j.state AS new_state, j.attempt,
               j.state_at AS at, j.due_at, j.reason, m.error, m.server, m.duration_us, m.revoke,
-              m.lease AS mlease
+              m.lease AS mlease,
+              CASE WHEN m.old_state = 'processing' THEN j.started_at END AS started_at,
+              CASE WHEN m.old_state = 'processing' THEN j.started_by END AS started_by,
+              CASE WHEN m.old_state = 'processing' THEN j.attempt - m.attempt_delta END
+                  AS started_attempt
 ),
 tree (id, new_state, at, reason) AS (
     SELECT c.id, d.decision, p.at, format('parent %s %s', p.id, p.new_state)
@@ -157,7 +152,8 @@ rel AS (
     RETURNING j.id, j.name, j.queue, j.priority, 'awaiting'::text AS old_state,
               j.state AS new_state, j.attempt, j.state_at AS at, NULL::timestamptz AS due_at,
               j.reason, NULL::text AS error, NULL::text AS server, NULL::int8 AS duration_us,
-              false AS revoke, NULL::uuid AS mlease
+              false AS revoke, NULL::uuid AS mlease, NULL::timestamptz AS started_at,
+              NULL::text AS started_by, NULL::int4 AS started_attempt
 ),
 moved AS (SELECT * FROM upd UNION ALL SELECT * FROM rel),
 dq_m AS (
@@ -168,8 +164,11 @@ iq_m AS (
     SELECT queue, priority, name, id, at FROM moved WHERE new_state = 'enqueued' ORDER BY at, id
 ),
 h_m AS (
-    INSERT INTO __S__.history (job_id, state, at, reason, server, attempt, duration_us, error)
-    SELECT id, new_state, at, reason, server, attempt, duration_us, error FROM moved
+    INSERT INTO __S__.history (job_id, state, at, reason, server, attempt, duration_us, error,
+                               started_at, started_by, started_attempt)
+    SELECT id, new_state, at, reason, server, attempt, duration_us, error, started_at,
+           started_by, started_attempt
+    FROM moved
 ),
 c_m AS (
     INSERT INTO __S__.counter_deltas (key, n)
@@ -209,14 +208,9 @@ WITH s AS (
     ON CONFLICT (id) DO UPDATE SET info = excluded.info, last_heartbeat = excluded.last_heartbeat
 ),
 r AS (SELECT * FROM unnest($4::uuid[], $5::uuid[]) AS r(id, lease)),
-locked AS MATERIALIZED (
-    SELECT j.id FROM __S__.jobs j JOIN r ON r.id = j.id
-    WHERE j.state = 'processing' AND j.lease_id = r.lease
-    ORDER BY j.id FOR UPDATE OF j
-),
 ext AS (
-    UPDATE __S__.jobs j SET lease_until = $6 FROM locked
-    WHERE j.id = locked.id AND j.state = 'processing' RETURNING j.id
+    UPDATE __S__.jobs j SET lease_until = $6 FROM (SELECT * FROM r ORDER BY id) AS r
+    WHERE j.id = r.id AND j.state = 'processing' AND j.lease_id = r.lease RETURNING j.id
 )
 SELECT r.id, ext.id IS NOT NULL AS held, j.state
 FROM r LEFT JOIN ext ON ext.id = r.id LEFT JOIN __S__.jobs j ON j.id = r.id AND ext.id IS NULL";

@@ -45,6 +45,7 @@
 //! | feature  | default | what it adds |
 //! |----------|---------|--------------|
 //! | `sqlite` | yes     | the embedded SQLite store, [`sqlite`] |
+//! | `postgres` | no    | the PostgreSQL store, `postgres` |
 //! | `macros` | yes     | the [`job`] attribute: `#[firelane::job] async fn ..` |
 //!
 //! # How a job's life goes
@@ -96,6 +97,17 @@ pub use firelane_sqlite::SqliteStorage;
 #[cfg(feature = "sqlite")]
 pub async fn sqlite(url: &str) -> Result<SqliteStorage> {
     SqliteStorage::connect(url).await
+}
+
+#[cfg(feature = "postgres")]
+pub use firelane_postgres::{PostgresConfig, PostgresStorage};
+
+/// Opens a PostgreSQL store: `postgres://user:password@host:port/database`, optionally
+/// `?schema=name` (default `firelane`); the schema is created or upgraded. See
+/// [`PostgresStorage`] for enqueueing inside your own transaction.
+#[cfg(feature = "postgres")]
+pub async fn postgres(url: &str) -> Result<PostgresStorage> {
+    PostgresStorage::connect(url).await
 }
 
 /// Turns an `async fn` into a job: a unit struct of the function's name to
