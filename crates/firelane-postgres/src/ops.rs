@@ -553,46 +553,6 @@ pub(crate) async fn complete(
     Ok(statuses(keys, &applied))
 }
 
-/// [`firelane_core::Storage::complete_and_fetch`]: the completions and the fetch from the first
-/// queue in one statement (one round trip, one commit); further queues, if the first runs
-/// short, in statements of their own. The fetch in the shared statement does not see jobs the
-/// completions enqueue again (one snapshot); the wake-up they send brings the next fetch.
-pub(crate) async fn complete_and_fetch(
-    conn: &mut PgConnection,
-    ctx: &Ctx,
-    sig: &mut Signals,
-    completions: Vec<Completion>,
-    request: FetchRequest,
-) -> OpResult<(Vec<CompletionStatus>, Vec<FetchedJob>)> {
-    let (moves, keys) = completion_moves(&completions)?;
-    let Some(first) = request.queues.first().filter(|_| request.limit > 0) else {
-        let applied = apply(conn, ctx, sig, moves).await?;
-        return Ok((statuses(keys, &applied), Vec::new()));
-    };
-    let q = Columns::of(moves).bind(query(&ctx.sql.complete_and_fetch), ctx);
-    let rows = bind_fetch(q, &request, first, request.limit)
-        .fetch_all(&mut *conn)
-        .await?;
-    let mut applied = Applied::new();
-    let mut jobs = Vec::new();
-    for row in &rows {
-        let kind: String = row.try_get("kind")?;
-        if kind == "m" {
-            applied_row(row, &mut applied, sig)?;
-        } else {
-            jobs.push(fetched(row)?);
-        }
-    }
-    let mut out = in_order(jobs);
-    let statuses = statuses(keys, &applied);
-    // The completions are recorded: a failing fetch from the other queues returns them with
-    // the jobs already leased (the next fetch asks again).
-    if let Err(e) = fetch_from(conn, ctx, &request, 1, &mut out).await {
-        tracing::warn!(error = ?e, "fetching from the later queues failed after completing");
-    }
-    Ok((statuses, out))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Servers, leases, background passes
 // ---------------------------------------------------------------------------------------------

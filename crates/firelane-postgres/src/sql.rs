@@ -402,7 +402,6 @@ pub(crate) struct Sql {
     pub(crate) parent_states: Arc<str>,
     pub(crate) fetch: Arc<str>,
     pub(crate) moves: Arc<str>,
-    pub(crate) complete_and_fetch: Arc<str>,
     pub(crate) heartbeat: Arc<str>,
     pub(crate) promote_due: Arc<str>,
     pub(crate) fold: Arc<str>,
@@ -445,28 +444,11 @@ impl Sql {
             "WITH {}\nSELECT {FETCH_COLUMNS} FROM fupd ORDER BY qp DESC, seq",
             number(FETCH_CTES, "F", FETCH_PARAMS, 0)
         );
-        // Both in one statement: the moves' rows first, then the fetched jobs.
-        let complete_and_fetch = format!(
-            "WITH RECURSIVE {},{}
-SELECT 'm' AS kind, id, new_state, mlease, due_at, revoke, NULL::text AS name, queue,
-       NULL::int4 AS priority,
-       NULL::text AS args, NULL::int4 AS attempt, NULL::int4 AS max_attempts,
-       NULL::text AS retry_delays, NULL::int8 AS timeout_ms, NULL::uuid AS lease_id,
-       NULL::timestamptz AS created_at, NULL::timestamptz AS enqueued_at, NULL::int4 AS qp,
-       NULL::int8 AS seq, (SELECT count(*) FROM nt) AS notified
-FROM moved
-UNION ALL
-SELECT 'f', id, NULL, NULL, NULL, NULL, name, queue, priority, args, attempt, max_attempts, retry_delays,
-       timeout_ms, lease_id, created_at, enqueued_at, qp, seq, 0 FROM fupd",
-            number(MOVE_CTES, "M", MOVE_PARAMS, 0),
-            number(FETCH_CTES, "F", FETCH_PARAMS, MOVE_PARAMS)
-        );
         Self {
             enqueue: s(ENQUEUE),
             parent_states: s(PARENT_STATES),
             fetch: s(&fetch),
             moves: s(&moves),
-            complete_and_fetch: s(&complete_and_fetch),
             heartbeat: s(HEARTBEAT),
             promote_due: s(PROMOTE_DUE),
             fold: s(FOLD),
@@ -504,11 +486,11 @@ mod tests {
     #[test]
     fn fragments_are_numbered() {
         let sql = Sql::new("firelane");
-        for text in [&sql.moves, &sql.fetch, &sql.complete_and_fetch] {
+        for text in [&sql.moves, &sql.fetch] {
             assert!(!text.contains("$M") && !text.contains("$F"), "{text}");
             assert!(!text.contains("__S__"));
         }
-        assert!(sql.complete_and_fetch.contains("$23"));
-        assert!(!sql.complete_and_fetch.contains("$24"));
+        assert!(sql.moves.contains("$17") && !sql.moves.contains("$18"));
+        assert!(sql.fetch.contains("$6") && !sql.fetch.contains("$7"));
     }
 }
