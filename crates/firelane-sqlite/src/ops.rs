@@ -567,22 +567,23 @@ async fn complete_succeeded(
     if !qualifies {
         return Ok(None);
     }
-    let rows: Vec<Value> = completions
+    let rows: Vec<(String, String, &str, i64, i64)> = completions
         .iter()
         .map(|c| {
-            json!({
-                "id": hex(c.id),
-                "lease": c.lease.as_uuid().simple().to_string(),
-                "server": c.server.as_str(),
-                "at": us(c.at),
-                "dur": micros(c.duration),
-            })
+            (
+                hex(c.id),
+                c.lease.as_uuid().simple().to_string(),
+                c.server.as_str(),
+                us(c.at),
+                micros(c.duration),
+            )
         })
         .collect();
-    let exceptions =
-        padded(sqlx::query(sql::COMPLETE_SUCCEEDED).bind(Value::Array(rows).to_string()))
-            .fetch_all(&mut *conn)
-            .await?;
+    let rows = serde_json::to_string(&rows)
+        .map_err(|e| Error::Config(format!("cannot encode completions for the store: {e}")))?;
+    let exceptions = padded(sqlx::query(sql::COMPLETE_SUCCEEDED).bind(rows))
+        .fetch_all(&mut *conn)
+        .await?;
     let mut out = vec![CompletionStatus::Applied(JobState::Succeeded); completions.len()];
     let mut finished = Vec::new();
     for row in &exceptions {

@@ -186,7 +186,8 @@ pub(crate) const FETCH_QUEUE_NAMED: &str =
     fetch_one_queue!("AND q.name IN (SELECT value FROM json_each(?6))");
 
 /// Records successful attempts in one round trip, for a batch in which every completion is a
-/// success and no job appears twice. `?1` is a JSON array of `{id, lease, server, at, dur}`.
+/// success and no job appears twice. `?1` is a JSON array of `[id, lease, server, at, dur]`
+/// (ids as hex).
 /// A completion applies only while its job is processing under its lease. The last statement
 /// answers only the exceptions, by position (`ord`, from 1): a stale completion (`ok` 0), or
 /// an applied one whose job continuations await (`ok` 1; they are released by the general
@@ -196,8 +197,8 @@ pub(crate) const COMPLETE_SUCCEEDED: &str = "CREATE TEMP TABLE IF NOT EXISTS don
              at INTEGER NOT NULL, dur INTEGER, ok INTEGER NOT NULL DEFAULT 0);
          DELETE FROM temp.done;
          INSERT INTO temp.done (id, lease, server, at, dur)
-             SELECT unhex(x.value ->> 'id'), unhex(x.value ->> 'lease'), x.value ->> 'server',
-                    x.value ->> 'at', x.value ->> 'dur'
+             SELECT unhex(x.value ->> 0), unhex(x.value ->> 1), x.value ->> 2, x.value ->> 3,
+                    x.value ->> 4
              FROM jsonb_each(?1) AS x ORDER BY x.key;
          UPDATE temp.done SET ok = 1
              WHERE EXISTS (SELECT 1 FROM jobs AS j WHERE j.id = done.id
