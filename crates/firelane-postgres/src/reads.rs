@@ -180,12 +180,14 @@ pub(crate) async fn list_jobs(
             let p = param(&mut binds, Bind::Id(*id.as_uuid()));
             sql.push_str(&format!(" AND id = {p}"));
         } else {
-            // Newest first, stopping at the page's end: a search for a common text reads only
-            // the newest jobs; one that matches little reads more of the table.
+            // Among the newest `SEARCH_WINDOW` jobs that pass the other filters only, so that a
+            // search that matches little still answers in bounded time.
+            let w = param(&mut binds, Bind::Int(i64::from(JobQuery::SEARCH_WINDOW)));
             let p = param(&mut binds, Bind::Text(text.to_owned()));
-            sql.push_str(&format!(
-                " AND (queue = {p} OR strpos(name, {p}) > 0 OR strpos(args, {p}) > 0)"
-            ));
+            sql = format!(
+                "SELECT * FROM ({sql} ORDER BY id DESC LIMIT {w}) AS w
+                 WHERE (queue = {p} OR strpos(name, {p}) > 0 OR strpos(args, {p}) > 0)"
+            );
         }
     }
     let pl = param(&mut binds, Bind::Int(limit));
