@@ -44,6 +44,7 @@
 //! - **Migrations** are versioned SQL in this crate, applied when a store opens, under an
 //!   advisory lock.
 
+mod cache;
 mod codec;
 mod config;
 mod listen;
@@ -204,6 +205,7 @@ impl PostgresStorage {
         let channel = channel_name(&config.schema);
         let (signals, _) = broadcast::channel(SIGNAL_CAPACITY);
         let handle = Arc::new(listen::SqlHandle::of(&sql));
+        let cache = Arc::new(cache::Cache::connected());
         let origin = format!("{}/", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let listener = tokio::time::timeout(
             config.acquire_timeout,
@@ -214,6 +216,7 @@ impl PostgresStorage {
                 pool.clone(),
                 handle,
                 signals.clone(),
+                Arc::clone(&cache),
             ),
         )
         .await
@@ -232,6 +235,7 @@ impl PostgresStorage {
                     channel,
                     fold_key: schema::lock_key(&format!("fold:{}", config.schema)),
                     origin,
+                    cache,
                 },
                 signals,
                 listener,
@@ -351,6 +355,9 @@ impl PostgresStorage {
     /// Sends signals to this process's subscribers (other processes get them through
     /// `NOTIFY`; this store's listener skips its own).
     fn deliver(&self, signals: Signals) {
+        for signal in &signals {
+            self.inner.ctx.cache.observe(signal);
+        }
         let mut earliest: Option<DateTime<Utc>> = None;
         let mut queues: Vec<String> = Vec::new();
         for signal in signals {
@@ -688,10 +695,19 @@ impl Storage for PostgresStorage {
     }
 
     async fn list_recurring(&self) -> Result<Vec<RecurringRecord>> {
-        self.run("list_recurring", |c, ctx, _| {
-            Box::pin(reads::list_recurring(c, ctx))
-        })
-        .await
+        // Servers list recurring jobs at every poll: answered from the copy kept since the
+        // last change any store announced (see the `cache` module).
+        let (known, token) = self.inner.ctx.cache.recurring();
+        if let Some(list) = known {
+            return Ok(list);
+        }
+        let list = self
+            .run("list_recurring", |c, ctx, _| {
+                Box::pin(reads::list_recurring(c, ctx))
+            })
+            .await?;
+        self.inner.ctx.cache.set_recurring(list.clone(), token);
+        Ok(list)
     }
 
     async fn set_recurring_paused(

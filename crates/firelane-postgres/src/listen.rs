@@ -23,6 +23,7 @@ use sqlx::{AssertSqlSafe, PgPool};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+use crate::cache::Cache;
 use crate::sql::Sql;
 
 /// Splits a payload into the sending store's origin (`<id>/`, empty for notifications sent in
@@ -87,10 +88,11 @@ pub(crate) async fn start(
     pool: PgPool,
     sql: Arc<SqlHandle>,
     signals: broadcast::Sender<Signal>,
+    cache: Arc<Cache>,
 ) -> Result<JoinHandle<()>, sqlx::Error> {
     let first = listen(&options, &channel).await?;
     Ok(tokio::spawn(run(
-        first, options, channel, origin, pool, sql, signals,
+        first, options, channel, origin, pool, sql, signals, cache,
     )))
 }
 
@@ -118,6 +120,7 @@ async fn run(
     pool: PgPool,
     sql: Arc<SqlHandle>,
     signals: broadcast::Sender<Signal>,
+    cache: Arc<Cache>,
 ) {
     loop {
         match listener.try_recv().await {
@@ -129,6 +132,7 @@ async fn run(
                     continue;
                 }
                 if let Some(signal) = parse(payload) {
+                    cache.observe(&signal);
                     // No receiver is not an error: no server is listening in this process.
                     let _ = signals.send(signal);
                 } else {
@@ -143,6 +147,8 @@ async fn run(
                 tracing::warn!(%channel, error = %e, "the PostgreSQL listen connection failed; reconnecting");
             }
         }
+        // Notifications may be lost from now on: nothing the store kept counts.
+        cache.link_lost();
         drop(listener);
         let mut wait = Duration::from_millis(100);
         listener = loop {
@@ -155,6 +161,7 @@ async fn run(
                 }
             }
         };
+        cache.link_back();
         tracing::info!(%channel, "listening for wake-ups again; waking every queue");
         wake_all(&pool, &sql, &signals).await;
     }

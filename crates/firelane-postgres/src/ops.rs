@@ -32,6 +32,8 @@ pub(crate) struct Ctx {
     /// This store's mark on the notifications it sends (`<id>/`): its own listener skips
     /// them, since the store already delivered them in process.
     pub(crate) origin: String,
+    /// What the store knows without asking.
+    pub(crate) cache: std::sync::Arc<crate::cache::Cache>,
 }
 
 /// Signals to deliver in process once the operation's transaction has committed.
@@ -460,9 +462,16 @@ async fn fetch_from(
         if remaining == 0 {
             break;
         }
+        let (empty, token) = ctx.cache.queue(queue, &request.names);
+        if empty {
+            continue;
+        }
         let rows = bind_fetch(query(&ctx.sql.fetch), request, queue, remaining)
             .fetch_all(&mut *conn)
             .await?;
+        if rows.len() < remaining {
+            ctx.cache.set_empty(queue, &request.names, token);
+        }
         let jobs = rows.iter().map(fetched).collect::<OpResult<Vec<_>>>()?;
         out.extend(in_order(jobs));
     }
@@ -622,6 +631,14 @@ pub(crate) async fn promote_due(
     limit: usize,
 ) -> OpResult<Promotion> {
     let now = t(now);
+    let (known, token) = ctx.cache.next_due();
+    if let Some(next_due) = known
+        && next_due.is_none_or(|due| now < due)
+    {
+        let mut promotion = Promotion::default();
+        promotion.next_due = next_due;
+        return Ok(promotion);
+    }
     let row = query(&ctx.sql.promote_due)
         .bind(now)
         .bind(limit_i64(limit))
@@ -642,8 +659,13 @@ pub(crate) async fn promote_due(
             .reason("due")
         })
         .collect();
+    let taken = moves.len();
     let applied = apply(conn, ctx, sig, moves).await?;
     promotion.promoted = applied.len() as u64;
+    if taken < limit {
+        // Every due job was taken: nothing is due before `next_due` until a job is scheduled.
+        ctx.cache.set_next_due(promotion.next_due, token);
+    }
     Ok(promotion)
 }
 
@@ -656,7 +678,8 @@ pub(crate) async fn fold(conn: &mut PgConnection, ctx: &Ctx) -> OpResult<()> {
     Ok(())
 }
 
-/// [`firelane_core::Storage::recover`].
+/// [`firelane_core::Storage::recover`]: one statement reads everything to do (and folds the
+/// counters); the moves, if any, are one more.
 pub(crate) async fn recover(
     conn: &mut PgConnection,
     ctx: &Ctx,
@@ -665,27 +688,60 @@ pub(crate) async fn recover(
     dead_after: Duration,
 ) -> OpResult<Recovery> {
     let now = t(now);
-    fold(&mut *conn, ctx).await?;
-    let mut recovery = Recovery::default();
-    let dead: Vec<String> =
-        sqlx::query_scalar(AssertSqlSafe(std::sync::Arc::clone(&ctx.sql.dead_servers)))
-            .bind(minus(now, dead_after))
-            .fetch_all(&mut *conn)
-            .await?;
-    recovery.dead_servers = dead.into_iter().map(ServerId::from_string).collect();
-    recovery.dead_servers.sort();
-
-    let rows = query(&ctx.sql.lapsed)
+    let rows = query(&ctx.sql.recover_scan)
+        .bind(ctx.fold_key)
+        .bind(minus(now, dead_after))
         .bind(now)
         .fetch_all(&mut *conn)
         .await?;
-    let mut moves = Vec::with_capacity(rows.len());
+    let mut recovery = Recovery::default();
+    let mut moves = Vec::new();
     let mut last = HashSet::new();
+    let mut lapsed_rows: Vec<&PgRow> = Vec::new();
     for row in &rows {
+        match row.try_get::<String, _>("kind")?.as_str() {
+            "d" => recovery
+                .dead_servers
+                .push(ServerId::from_string(row.try_get("server")?)),
+            "l" => lapsed_rows.push(row),
+            _ => {
+                let id = JobId::from_uuid(row.try_get("id")?);
+                let parent = JobId::from_uuid(row.try_get("parent")?);
+                let parent_state = state(&row.try_get::<String, _>("parent_state")?)?;
+                let at: DateTime<Utc> = row.try_get("parent_at")?;
+                let on: ContinueOn = match row.try_get::<Option<String>, _>("continue_on")? {
+                    Some(s) => s.parse().map_err(|_| {
+                        Error::Corrupt(format!("unknown continuation condition {s:?}"))
+                    })?,
+                    None => ContinueOn::default(),
+                };
+                let new = match on.decide(parent_state) {
+                    ContinuationDecision::Wait => continue,
+                    ContinuationDecision::Enqueue => JobState::Enqueued,
+                    ContinuationDecision::Delete => JobState::Deleted,
+                };
+                moves.push(
+                    Move::new(id, JobState::Awaiting, new, at)
+                        .reason(format!("parent {parent} {parent_state}")),
+                );
+            }
+        }
+    }
+    recovery.dead_servers.sort();
+    // Oldest lapsed lease first.
+    lapsed_rows.sort_by_key(|r| {
+        (
+            r.try_get::<Option<DateTime<Utc>>, _>("lease_until")
+                .ok()
+                .flatten(),
+            r.try_get::<Option<Uuid>, _>("id").ok().flatten(),
+        )
+    });
+    for row in lapsed_rows {
         let id = JobId::from_uuid(row.try_get("id")?);
-        let attempt = count_u32(row.try_get("attempt")?);
-        let max = count_u32(row.try_get("max_attempts")?);
-        let server: Option<String> = row.try_get("lease_server")?;
+        let attempt = count_u32(row.try_get::<Option<i32>, _>("attempt")?.unwrap_or(0));
+        let max = count_u32(row.try_get::<Option<i32>, _>("max_attempts")?.unwrap_or(0));
+        let server: Option<String> = row.try_get("server")?;
         let until: Option<DateTime<Utc>> = row.try_get("lease_until")?;
         let lapsed = format!(
             "the lease of server {} lapsed at {}",
@@ -709,14 +765,14 @@ pub(crate) async fn recover(
         }
         moves.push(m);
     }
-    let leases: HashMap<Uuid, Option<Uuid>> = moves
+    let keys: Vec<(JobId, MoveKey)> = moves
         .iter()
-        .map(|m| (*m.id.as_uuid(), m.lease.map(|l| *l.as_uuid())))
+        .filter(|m| m.old == JobState::Processing)
+        .map(|m| (m.id, (*m.id.as_uuid(), m.lease.map(|l| *l.as_uuid()))))
         .collect();
     let applied = apply(&mut *conn, ctx, sig, moves).await?;
-    for (id, lease) in leases {
-        if applied.contains_key(&(id, lease)) {
-            let id = JobId::from_uuid(id);
+    for (id, key) in keys {
+        if applied.contains_key(&key) {
             if last.contains(&id) {
                 recovery.failed.push(id);
             } else {
@@ -726,39 +782,7 @@ pub(crate) async fn recover(
     }
     recovery.requeued.sort();
     recovery.failed.sort();
-
-    release_orphans(conn, ctx, sig).await?;
     Ok(recovery)
-}
-
-/// Releases awaiting continuations whose parent already finished (a continuation created while
-/// its parent was finishing, which the parent's move could not see).
-async fn release_orphans(conn: &mut PgConnection, ctx: &Ctx, sig: &mut Signals) -> OpResult<()> {
-    let rows = query(&ctx.sql.orphans).fetch_all(&mut *conn).await?;
-    let mut moves = Vec::new();
-    for row in &rows {
-        let id = JobId::from_uuid(row.try_get("id")?);
-        let parent = JobId::from_uuid(row.try_get("parent")?);
-        let parent_state = state(&row.try_get::<String, _>("parent_state")?)?;
-        let at: DateTime<Utc> = row.try_get("parent_at")?;
-        let on: ContinueOn = match row.try_get::<Option<String>, _>("continue_on")? {
-            Some(s) => s
-                .parse()
-                .map_err(|_| Error::Corrupt(format!("unknown continuation condition {s:?}")))?,
-            None => ContinueOn::default(),
-        };
-        let new = match on.decide(parent_state) {
-            ContinuationDecision::Wait => continue,
-            ContinuationDecision::Enqueue => JobState::Enqueued,
-            ContinuationDecision::Delete => JobState::Deleted,
-        };
-        moves.push(
-            Move::new(id, JobState::Awaiting, new, at)
-                .reason(format!("parent {parent} {parent_state}")),
-        );
-    }
-    apply(conn, ctx, sig, moves).await?;
-    Ok(())
 }
 
 /// [`firelane_core::Storage::expire`].
@@ -987,7 +1011,8 @@ pub(crate) async fn set_recurring_paused(
             .await?
     }
     .is_some();
-    if found && !paused {
+    if found {
+        // A pause too: other stores keep a copy of the list of recurring jobs.
         recurring_changed(conn, ctx, sig).await?;
     }
     Ok(found)
@@ -1012,8 +1037,12 @@ pub(crate) async fn fire_recurring(
         .fetch_optional(&mut *conn)
         .await?
         .is_some();
-    if applied && !firing.jobs.is_empty() {
-        enqueue(conn, ctx, Some(sig), firing.jobs, firing.now).await?;
+    if applied {
+        if !firing.jobs.is_empty() {
+            enqueue(&mut *conn, ctx, Some(sig), firing.jobs, firing.now).await?;
+        }
+        // Its next run moved: other stores keep a copy of the list of recurring jobs.
+        recurring_changed(conn, ctx, sig).await?;
     }
     Ok(applied)
 }
@@ -1042,5 +1071,6 @@ pub(crate) async fn trigger_recurring(
         .bind(t(now))
         .execute(&mut *conn)
         .await?;
+    recurring_changed(conn, ctx, sig).await?;
     Ok(created)
 }

@@ -246,18 +246,37 @@ hc AS (
 )
 SELECT (SELECT ok FROM go) AS folded";
 
-/// Removes servers silent since before `$1`.
-const DEAD_SERVERS: &str = "DELETE FROM __S__.servers WHERE last_heartbeat < $1 RETURNING id";
-
-/// Processing jobs whose lease lapsed before `$1`.
-const LAPSED: &str = "
-SELECT id, attempt, max_attempts, lease_id, lease_server, lease_until FROM __S__.jobs
-WHERE state = 'processing' AND lease_until < $1 ORDER BY lease_until, id";
-
-/// Awaiting continuations whose parent has finished: normally released by the parent's move;
-/// found here when the continuation was created while its parent was finishing.
-const ORPHANS: &str = "
-SELECT c.id, p.id AS parent, p.state AS parent_state, p.state_at AS parent_at, c.continue_on
+/// A recovery pass's reading, in one statement: folds the counter deltas (as [`FOLD`], lock
+/// key `$1`), removes servers silent since before `$2` (rows `d`), and lists the processing
+/// jobs whose lease lapsed before `$3` (rows `l`) and the awaiting continuations whose parent
+/// has finished (rows `o`: normally released by the parent's move; found here when the
+/// continuation was created while its parent was finishing).
+const RECOVER_SCAN: &str = "
+WITH go AS (SELECT pg_try_advisory_xact_lock($1) AS ok),
+d AS (DELETE FROM __S__.counter_deltas WHERE (SELECT ok FROM go) RETURNING key, n),
+c AS (
+    INSERT INTO __S__.counters (key, n)
+    SELECT key, sum(n) FROM d GROUP BY key ORDER BY key
+    ON CONFLICT (key) DO UPDATE SET n = counters.n + excluded.n
+),
+hd AS (DELETE FROM __S__.hourly_deltas WHERE (SELECT ok FROM go) RETURNING hour, succeeded, failed),
+hc AS (
+    INSERT INTO __S__.stats_hourly (hour, succeeded, failed)
+    SELECT hour, sum(succeeded), sum(failed) FROM hd GROUP BY hour ORDER BY hour
+    ON CONFLICT (hour) DO UPDATE SET succeeded = stats_hourly.succeeded + excluded.succeeded,
+        failed = stats_hourly.failed + excluded.failed
+),
+dead AS (DELETE FROM __S__.servers WHERE last_heartbeat < $2 RETURNING id)
+SELECT 'd' AS kind, id AS server, NULL::uuid AS id, NULL::int4 AS attempt,
+       NULL::int4 AS max_attempts, NULL::uuid AS lease_id, NULL::timestamptz AS lease_until,
+       NULL::uuid AS parent, NULL::text AS parent_state, NULL::timestamptz AS parent_at,
+       NULL::text AS continue_on
+FROM dead
+UNION ALL
+SELECT 'l', lease_server, id, attempt, max_attempts, lease_id, lease_until, NULL, NULL, NULL, NULL
+FROM __S__.jobs WHERE state = 'processing' AND lease_until < $3
+UNION ALL
+SELECT 'o', NULL, c.id, NULL, NULL, NULL, NULL, p.id, p.state, p.state_at, c.continue_on
 FROM __S__.jobs c JOIN __S__.jobs p ON p.id = c.parent_id
 WHERE c.state = 'awaiting' AND p.state IN ('succeeded', 'failed', 'deleted')";
 
@@ -405,9 +424,7 @@ pub(crate) struct Sql {
     pub(crate) heartbeat: Arc<str>,
     pub(crate) promote_due: Arc<str>,
     pub(crate) fold: Arc<str>,
-    pub(crate) dead_servers: Arc<str>,
-    pub(crate) lapsed: Arc<str>,
-    pub(crate) orphans: Arc<str>,
+    pub(crate) recover_scan: Arc<str>,
     pub(crate) expire_jobs: Arc<str>,
     pub(crate) expire_hours: Arc<str>,
     pub(crate) server_delete: Arc<str>,
@@ -452,9 +469,7 @@ impl Sql {
             heartbeat: s(HEARTBEAT),
             promote_due: s(PROMOTE_DUE),
             fold: s(FOLD),
-            dead_servers: s(DEAD_SERVERS),
-            lapsed: s(LAPSED),
-            orphans: s(ORPHANS),
+            recover_scan: s(RECOVER_SCAN),
             expire_jobs: s(EXPIRE_JOBS),
             expire_hours: s(EXPIRE_HOURS),
             server_delete: s(SERVER_DELETE),
