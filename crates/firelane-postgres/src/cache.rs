@@ -29,11 +29,14 @@ pub(crate) struct Token {
     version: u64,
 }
 
+/// A queue and the job names a fetch from it was restricted to.
+type QueueKey = (String, Option<Vec<String>>);
+
 #[derive(Debug, Default)]
 struct State {
     queue_versions: HashMap<String, u64>,
     /// Queues (with a job-name filter) found empty.
-    empty: HashMap<(String, Option<Vec<String>>), (Token, Instant)>,
+    empty: HashMap<QueueKey, (Token, Instant)>,
     scheduled_version: u64,
     next_due: Option<(Token, Instant, Option<DateTime<Utc>>)>,
     recurring_version: u64,
@@ -63,7 +66,7 @@ impl Cache {
     /// The listening connection was lost: nothing kept counts any more.
     pub(crate) fn link_lost(&self) {
         let l = self.link.load(Ordering::SeqCst);
-        if l % 2 == 1 {
+        if !l.is_multiple_of(2) {
             self.link.store(l + 1, Ordering::SeqCst);
         }
     }
@@ -71,14 +74,17 @@ impl Cache {
     /// Listening again.
     pub(crate) fn link_back(&self) {
         let l = self.link.load(Ordering::SeqCst);
-        if l % 2 == 0 {
+        if l.is_multiple_of(2) {
             self.link.store(l + 1, Ordering::SeqCst);
         }
     }
 
     fn valid(&self, token: Token, at: Instant, version: u64) -> bool {
         let link = self.link.load(Ordering::SeqCst);
-        link % 2 == 1 && token.link == link && token.version == version && at.elapsed() < TTL
+        !link.is_multiple_of(2)
+            && token.link == link
+            && token.version == version
+            && at.elapsed() < TTL
     }
 
     /// A change happened (a signal, local or notified).

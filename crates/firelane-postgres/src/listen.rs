@@ -92,7 +92,16 @@ pub(crate) async fn start(
 ) -> Result<JoinHandle<()>, sqlx::Error> {
     let first = listen(&options, &channel).await?;
     Ok(tokio::spawn(run(
-        first, options, channel, origin, pool, sql, signals, cache,
+        first,
+        Listening {
+            options,
+            channel,
+            origin,
+            pool,
+            sql,
+            signals,
+            cache,
+        },
     )))
 }
 
@@ -112,8 +121,8 @@ impl SqlHandle {
     }
 }
 
-async fn run(
-    mut listener: PgListener,
+/// What the listening task works with.
+struct Listening {
     options: PgConnectOptions,
     channel: String,
     origin: String,
@@ -121,7 +130,18 @@ async fn run(
     sql: Arc<SqlHandle>,
     signals: broadcast::Sender<Signal>,
     cache: Arc<Cache>,
-) {
+}
+
+async fn run(mut listener: PgListener, l: Listening) {
+    let Listening {
+        options,
+        channel,
+        origin,
+        pool,
+        sql,
+        signals,
+        cache,
+    } = l;
     loop {
         match listener.try_recv().await {
             Ok(Some(n)) => {
