@@ -232,9 +232,10 @@ fn bad_stores_are_named_with_the_fix() {
         &firelane("mysql://localhost/db", &["stats"]),
         "sqlite://path/to/file.db",
     );
+    // A PostgreSQL URL that cannot be used (no such role, or no server) names the store.
     fails_with(
-        &firelane("postgres://localhost/db", &["stats"]),
-        "no PostgreSQL store",
+        &firelane("postgres://no-such-role@127.0.0.1:1/db", &["stats"]),
+        "cannot open the store postgres://no-such-role@127.0.0.1:1/db",
     );
     let missing_dir = "sqlite:///nonexistent-dir-for-firelane/x.db";
     fails_with(&firelane(missing_dir, &["stats"]), "cannot open the store");
