@@ -80,3 +80,36 @@ impl DropSchema {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch schema is made fresh and dropped (skipped without a PostgreSQL server).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_postgres_scratch_store_is_dropped() {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let Ok((storage, guard)) = scratch_postgres(&url).await else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "PostgreSQL is not reachable at {url}"
+            );
+            eprintln!("skipping: no PostgreSQL server at {url} (set DATABASE_URL)");
+            return;
+        };
+        assert_eq!(storage.backend(), "postgres");
+        let schema = guard.schema.clone();
+        let pool = guard.store.pool().clone();
+        guard.drop_now().await.map_err(|e| e.0).expect("dropped");
+        drop(storage);
+        let left: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(&schema)
+                .fetch_one(&sqlx::PgPool::connect(&url).await.expect("connect"))
+                .await
+                .expect("query");
+        drop(pool);
+        assert!(!left, "the scratch schema {schema} is gone");
+    }
+}
