@@ -52,7 +52,12 @@ pub(crate) async fn available() -> bool {
             }
             static SAID: Once = Once::new();
             SAID.call_once(|| {
-                eprintln!("skipping PostgreSQL tests: no server at {url} (set DATABASE_URL)");
+                // Straight to the process's stderr: the test harness captures `eprintln!`.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipping PostgreSQL tests: no server at {url} (set DATABASE_URL)"
+                );
             });
             false
         }
