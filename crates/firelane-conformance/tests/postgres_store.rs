@@ -333,12 +333,28 @@ async fn missing_privileges_are_named() {
     );
     eprintln!("{err}");
 
-    // With them, it opens.
+    // The tables but not the sequence that numbers queue rows: named too.
     exec(
         &mut c,
         &format!(
             "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA \"{schema}\" TO {role}"
         ),
+    )
+    .await;
+    let err = PostgresStorage::connect(&role_url(&schema))
+        .await
+        .unwrap_err();
+    assert!(
+        connect_reason(&err).contains("USAGE on sequence")
+            && connect_reason(&err).contains("queue_seq"),
+        "{err}"
+    );
+    eprintln!("{err}");
+
+    // With them all, it opens.
+    exec(
+        &mut c,
+        &format!("GRANT USAGE ON ALL SEQUENCES IN SCHEMA \"{schema}\" TO {role}"),
     )
     .await;
     let store = PostgresStorage::connect(&role_url(&schema)).await.unwrap();

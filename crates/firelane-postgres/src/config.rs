@@ -128,9 +128,12 @@ impl PostgresConfig {
     }
 
     pub(crate) fn check(&self) -> Result<(), Error> {
-        if self.schema.is_empty() || self.schema.len() > 63 {
+        if self.schema.is_empty()
+            || self.schema.len() > 63
+            || self.schema.contains(['\'', '"', '\0'])
+        {
             return Err(Error::Config(format!(
-                "invalid PostgreSQL schema name {:?}: use 1 to 63 bytes",
+                "invalid PostgreSQL schema name {:?}: use 1 to 63 bytes without quotes",
                 self.schema
             )));
         }

@@ -149,11 +149,6 @@ pub(crate) async fn list_jobs(
     if let Some(st) = query.state {
         let p = param(&mut binds, Bind::Text(st.as_str().to_owned()));
         sql.push_str(&format!(" AND state = {p}"));
-        // Enqueued jobs are found through the small queue table (no index on `jobs` covers
-        // them); the others through their partial indexes or the primary key.
-        if st == JobState::Enqueued {
-            sql.push_str(&format!(" AND id IN (SELECT job_id FROM {s}.queue)"));
-        }
     }
     if query.retries {
         sql.push_str(" AND attempt > 0");

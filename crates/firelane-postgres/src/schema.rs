@@ -70,7 +70,8 @@ CREATE TABLE __S__.jobs (
     initial_state  text NOT NULL,     -- the first history entry: the state it was created in
     initial_reason text,              -- and why
     started_at   timestamptz,         -- the last attempt: when it was leased
-    started_by   text                 -- and by which server
+    started_by   text,                -- and by which server
+    queue_seq    bigint               -- an enqueued job's place: its queue row's `seq`
 );
 -- Each background pass reads only the jobs it concerns, through a partial index. No index
 -- covers the states of the hot path (enqueued, processing, succeeded) but the partial ones that
@@ -86,16 +87,17 @@ CREATE INDEX jobs_awaiting ON __S__.jobs (id) WHERE state = 'awaiting';
 -- The hot table: exactly the enqueued jobs, one row each. A job entering its queue gets a new
 -- row (and so goes to the back); fetch locks rows here with SKIP LOCKED and deletes them, so
 -- what it scans stays small however many finished jobs pile up in `jobs`.
+CREATE SEQUENCE __S__.queue_seq;
 CREATE TABLE __S__.queue (
-    seq         bigint GENERATED ALWAYS AS IDENTITY,
+    seq         bigint NOT NULL,      -- from queue_seq, also kept in the job's row
     queue       text NOT NULL,
     priority    integer NOT NULL,
     name        text NOT NULL,
     job_id      uuid NOT NULL,
     enqueued_at timestamptz NOT NULL
 );
+-- The only index: a job's row finds its queue row through it too (queue, priority, seq).
 CREATE INDEX queue_fetch ON __S__.queue (queue, priority DESC, seq);
-CREATE UNIQUE INDEX queue_job ON __S__.queue (job_id);
 ALTER TABLE __S__.queue SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
     autovacuum_vacuum_cost_delay = 0);
 
@@ -198,6 +200,9 @@ pub(crate) const TABLES: &[&str] = &[
     "hourly_deltas",
     "paused_queues",
 ];
+
+/// The sequences of the latest schema that Firelane's statements call `nextval` on.
+pub(crate) const SEQUENCES: &[&str] = &["queue_seq"];
 
 /// Why a schema cannot be used.
 #[derive(Debug)]
@@ -441,6 +446,20 @@ async fn check_privileges(
         .collect();
         if !lacks.is_empty() {
             missing.push(format!("{} on {schema}.{table}", lacks.join(", ")));
+        }
+    }
+    let sequences: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT c.relname::text, has_sequence_privilege(c.oid, 'USAGE')
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relkind = 'S' AND c.relname = ANY($2) ORDER BY 1",
+    )
+    .bind(schema)
+    .bind(SEQUENCES)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (sequence, usage) in sequences {
+        if !usage {
+            missing.push(format!("USAGE on sequence {schema}.{sequence}"));
         }
     }
     if missing.is_empty() {

@@ -22,20 +22,25 @@ WITH input AS (
         WITH ORDINALITY AS t(id, name, queue, priority, args, state, max_attempts, retry_delays,
                              timeout_ms, due_at, parent_id, continue_on, reason, ord)
 ),
+seqs AS MATERIALIZED (
+    SELECT input.*, CASE WHEN state = 'enqueued' THEN nextval('__S__.queue_seq') END AS queue_seq
+    FROM input ORDER BY ord
+),
 ins AS (
     INSERT INTO __S__.jobs (id, name, queue, priority, args, state, attempt, max_attempts,
                             retry_delays, timeout_ms, created_at, state_at, due_at, parent_id,
-                            continue_on, reason, finished_at, initial_state, initial_reason)
+                            continue_on, reason, finished_at, initial_state, initial_reason,
+                            queue_seq)
     SELECT id, name, queue, priority, args, state, 0, max_attempts, retry_delays, timeout_ms,
            $14, $14, due_at, parent_id, continue_on, reason,
            CASE WHEN state IN ('succeeded', 'failed', 'deleted') THEN $14::timestamptz END,
-           state, reason
-    FROM input ORDER BY ord
+           state, reason, queue_seq
+    FROM seqs
     RETURNING 1
 ),
 q AS (
-    INSERT INTO __S__.queue (queue, priority, name, job_id, enqueued_at)
-    SELECT queue, priority, name, id, $14 FROM input WHERE state = 'enqueued' ORDER BY ord
+    INSERT INTO __S__.queue (seq, queue, priority, name, job_id, enqueued_at)
+    SELECT queue_seq, queue, priority, name, id, $14 FROM seqs WHERE state = 'enqueued'
 ),
 c AS (
     INSERT INTO __S__.counter_deltas (key, n) SELECT * FROM unnest($15::text[], $16::int8[])
@@ -113,7 +118,9 @@ upd AS (
         reason = CASE WHEN m.reason_retry
                       THEN format('attempt %s of %s failed; retrying', j.attempt, j.max_attempts)
                       ELSE m.reason END,
-        last_error = COALESCE(m.error, j.last_error)
+        last_error = COALESCE(m.error, j.last_error),
+        queue_seq = CASE WHEN m.new_state = 'enqueued' THEN nextval('__S__.queue_seq')
+                         ELSE j.queue_seq END
     -- In id order: rows are locked in the order they are updated, and two statements that
     -- lock the same jobs (a heartbeat, a completion) in one order cannot deadlock.
     FROM (SELECT * FROM m ORDER BY id) AS m
@@ -122,7 +129,7 @@ upd AS (
       AND (m.lapsed_before IS NULL OR j.lease_until < m.lapsed_before)
     RETURNING j.id, j.name, j.queue, j.priority, m.old_state, j.state AS new_state, j.attempt,
               j.state_at AS at, j.due_at, j.reason, m.error, m.server, m.duration_us, m.revoke,
-              m.lease AS mlease,
+              m.lease AS mlease, j.queue_seq,
               CASE WHEN m.old_state = 'processing' THEN j.started_at END AS started_at,
               CASE WHEN m.old_state = 'processing' THEN j.started_by END AS started_by,
               CASE WHEN m.old_state = 'processing' THEN j.attempt - m.attempt_delta END
@@ -147,21 +154,24 @@ tree (id, new_state, at, reason) AS (
 ),
 rel AS (
     UPDATE __S__.jobs j SET state = t.new_state, state_at = t.at, reason = t.reason,
-        finished_at = CASE WHEN t.new_state = 'deleted' THEN t.at END
+        finished_at = CASE WHEN t.new_state = 'deleted' THEN t.at END,
+        queue_seq = CASE WHEN t.new_state = 'enqueued' THEN nextval('__S__.queue_seq') END
     FROM tree t WHERE j.id = t.id AND j.state = 'awaiting'
     RETURNING j.id, j.name, j.queue, j.priority, 'awaiting'::text AS old_state,
               j.state AS new_state, j.attempt, j.state_at AS at, NULL::timestamptz AS due_at,
               j.reason, NULL::text AS error, NULL::text AS server, NULL::int8 AS duration_us,
-              false AS revoke, NULL::uuid AS mlease, NULL::timestamptz AS started_at,
+              false AS revoke, NULL::uuid AS mlease, j.queue_seq, NULL::timestamptz AS started_at,
               NULL::text AS started_by, NULL::int4 AS started_attempt
 ),
 moved AS (SELECT * FROM upd UNION ALL SELECT * FROM rel),
 dq_m AS (
-    DELETE FROM __S__.queue WHERE job_id IN (SELECT id FROM moved WHERE old_state = 'enqueued')
+    DELETE FROM __S__.queue q USING moved m
+    WHERE m.old_state = 'enqueued' AND q.queue = m.queue AND q.priority = m.priority
+      AND q.seq = m.queue_seq
 ),
 iq_m AS (
-    INSERT INTO __S__.queue (queue, priority, name, job_id, enqueued_at)
-    SELECT queue, priority, name, id, at FROM moved WHERE new_state = 'enqueued' ORDER BY at, id
+    INSERT INTO __S__.queue (seq, queue, priority, name, job_id, enqueued_at)
+    SELECT queue_seq, queue, priority, name, id, at FROM moved WHERE new_state = 'enqueued'
 ),
 h_m AS (
     INSERT INTO __S__.history (job_id, state, at, reason, server, attempt, duration_us, error,
@@ -302,8 +312,11 @@ const EXPIRE_HOURS: &str = "DELETE FROM __S__.stats_hourly WHERE hour < $1";
 /// Removes a server.
 const SERVER_DELETE: &str = "DELETE FROM __S__.servers WHERE id = $1";
 
-/// Locks the queue row of a job, if it has one (before the job row, as fetch does).
-const LOCK_QUEUE_ROW: &str = "SELECT 1 FROM __S__.queue WHERE job_id = $1 FOR UPDATE";
+/// Locks the queue row of a job, if it has one (before the job row, as fetch does), found from
+/// the job's queue, priority and `queue_seq` through the fetch index.
+const LOCK_QUEUE_ROW: &str = "SELECT 1 FROM __S__.queue q
+    JOIN __S__.jobs j ON q.queue = j.queue AND q.priority = j.priority AND q.seq = j.queue_seq
+    WHERE j.id = $1 AND j.state = 'enqueued' FOR UPDATE OF q";
 
 /// A job's state, attempt and lease, locked.
 const HEAD_FOR_UPDATE: &str =
