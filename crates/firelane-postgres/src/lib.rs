@@ -225,6 +225,7 @@ impl PostgresStorage {
             reason: "the connection for wake-ups (LISTEN) did not open in time".to_owned(),
         })?
         .map_err(|e| connect_error(&url, &options, e))?;
+        let vacuum_pool = pool.clone();
         Ok(Self {
             inner: Arc::new(Inner {
                 url,
@@ -236,6 +237,8 @@ impl PostgresStorage {
                     fold_key: schema::lock_key(&format!("fold:{}", config.schema)),
                     origin,
                     cache,
+                    taken: std::sync::atomic::AtomicU64::new(0),
+                    pool: vacuum_pool,
                 },
                 signals,
                 listener,
