@@ -99,6 +99,8 @@ impl Job for BenchPing {
 struct Scratch {
     storage: Arc<dyn Storage>,
     cleanup: Option<tempfile::TempDir>,
+    /// A PostgreSQL scratch schema, dropped at the end.
+    schema: Option<crate::store::DropSchema>,
 }
 
 async fn scratch_store(url: &str) -> CliResult<Scratch> {
@@ -129,6 +131,16 @@ async fn scratch_store(url: &str) -> CliResult<Scratch> {
             Ok(Scratch {
                 storage,
                 cleanup: Some(dir),
+                schema: None,
+            })
+        }
+        "postgres" | "postgresql" => {
+            // A fresh schema of a random name in the URL's database, dropped at the end.
+            let (storage, schema) = crate::store::scratch_postgres(url).await?;
+            Ok(Scratch {
+                storage,
+                cleanup: None,
+                schema: Some(schema),
             })
         }
         _ => {
@@ -136,6 +148,7 @@ async fn scratch_store(url: &str) -> CliResult<Scratch> {
             Ok(Scratch {
                 storage,
                 cleanup: None,
+                schema: None,
             })
         }
     }
@@ -359,6 +372,9 @@ pub(crate) async fn run(url: &str, args: BenchArgs) -> CliResult<ExitCode> {
     drop(storage);
     drop(scratch.storage);
     drop(scratch.cleanup);
+    if let Some(schema) = scratch.schema {
+        schema.drop_now().await?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

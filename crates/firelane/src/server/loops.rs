@@ -146,8 +146,23 @@ pub(super) async fn signals(shared: Arc<Shared>) {
 /// into two streams of smaller batches, each a transaction of its own.
 pub(super) async fn fetcher(shared: Arc<Shared>) {
     let mut backoff = Backoff::new();
+    // Whether work is known to wait: at start, after a wake-up, after a failed fetch.
+    let mut woken = true;
     loop {
         let mut permits = Vec::new();
+        if woken {
+            // Work is waiting: wait for a free worker rather than drop the wake-up. (The
+            // completer may hold every slot for its refill, and that refill may have read the
+            // queue just before the job that woke us was committed.)
+            tokio::select! {
+                biased;
+                () = shared.stop.cancelled() => return,
+                p = Arc::clone(&shared.semaphore).acquire_owned() => match p {
+                    Ok(p) => permits.push(p),
+                    Err(_) => return,
+                },
+            }
+        }
         while permits.len() < shared.config.fetch_batch {
             match Arc::clone(&shared.semaphore).try_acquire_owned() {
                 Ok(p) => permits.push(p),
@@ -173,19 +188,22 @@ pub(super) async fn fetcher(shared: Arc<Shared>) {
                         () = shared.stop.cancelled() => return,
                         () = tokio::time::sleep(wait) => {}
                     }
+                    woken = true;
                     continue;
                 }
             }
         };
-        // A full fetch may have left jobs behind for workers that are still free.
+        // A full fetch may have left jobs behind for workers that are still free; with none
+        // free, the completer refills the workers as they finish.
         if full && shared.semaphore.available_permits() > 0 {
+            woken = false;
             continue;
         }
-        tokio::select! {
+        woken = tokio::select! {
             () = shared.stop.cancelled() => return,
-            () = shared.fetch_wakeup.notified() => {}
-            () = tokio::time::sleep(shared.config.poll_interval) => {}
-        }
+            () = shared.fetch_wakeup.notified() => true,
+            () = tokio::time::sleep(shared.config.poll_interval) => false,
+        };
     }
 }
 
