@@ -16,7 +16,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "firelane", version, propagate_version = true)]
 struct Cli {
-    /// The store: sqlite://path/to/file.db or sqlite::memory:.
+    /// The store: sqlite://path/to/file.db, sqlite::memory: or
+    /// postgres://user@host:port/database[?schema=name].
     #[arg(
         long,
         env = "FIRELANE_STORE",
