@@ -163,12 +163,7 @@ pub(super) async fn fetcher(shared: Arc<Shared>) {
                 },
             }
         }
-        while permits.len() < shared.config.fetch_batch {
-            match Arc::clone(&shared.semaphore).try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
-            }
-        }
+        take_free_slots(&shared, &mut permits);
         let wanted = permits.len();
         let full = if wanted == 0 {
             false
@@ -217,6 +212,16 @@ fn fetch_request(shared: &Shared, limit: usize) -> FetchRequest {
         shared.config.lease,
     )
     .names(shared.names.clone())
+}
+
+/// Adds the free worker slots to `permits`, up to a fetch batch, without waiting.
+fn take_free_slots(shared: &Arc<Shared>, permits: &mut Vec<OwnedSemaphorePermit>) {
+    while permits.len() < shared.config.fetch_batch {
+        match Arc::clone(&shared.semaphore).try_acquire_owned() {
+            Ok(p) => permits.push(p),
+            Err(_) => break,
+        }
+    }
 }
 
 /// Starts fetched jobs, one worker slot each; the slots left over are freed.
@@ -284,12 +289,7 @@ async fn flush(
         // Free slots to refill, only on a first try while the server is running.
         let mut permits = Vec::new();
         if failures == 0 && !shared.stop.is_cancelled() {
-            while permits.len() < shared.config.fetch_batch {
-                match Arc::clone(&shared.semaphore).try_acquire_owned() {
-                    Ok(p) => permits.push(p),
-                    Err(_) => break,
-                }
-            }
+            take_free_slots(shared, &mut permits);
         }
         let written = if permits.is_empty() {
             shared
