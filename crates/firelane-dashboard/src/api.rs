@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query};
 use chrono::{DateTime, Duration, Utc};
-use firelane::{HourlyStats, JobRecord};
+use firelane::{HourlyStats, JobRecord, hour_of};
 use serde::{Deserialize, Serialize};
 
 use crate::context::Ctx;
@@ -28,12 +28,6 @@ pub(crate) struct Hour {
     hour: DateTime<Utc>,
     succeeded: u64,
     failed: u64,
-}
-
-/// The start of the hour `t` falls in.
-fn hour_of(t: DateTime<Utc>) -> DateTime<Utc> {
-    let secs = t.timestamp();
-    DateTime::from_timestamp(secs - secs.rem_euclid(3600), 0).unwrap_or(t)
 }
 
 /// `GET /api/history?range=24h|7d`: one entry per hour, oldest first, the current hour last.

@@ -72,7 +72,7 @@ pub use firelane_core::{
     BoxError, Change, ContinueOn, CronSchedule, Error, HistoryEntry, HourlyStats, Initial,
     IntoStorage, JobDetails, JobId, JobQuery, JobRecord, JobState, Misfire, NewJob, QueueStats,
     RecurringRecord, Result, Retention, RetryPolicy, ServerId, ServerRecord, Stats, Storage,
-    validate_queue,
+    hour_of, validate_queue,
 };
 
 /// What a backend implements, for those writing or testing one.
