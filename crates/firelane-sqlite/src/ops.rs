@@ -460,11 +460,9 @@ type FetchedRow = (
     Option<i64>,
 );
 
-/// A job id from its hex text.
-fn hex_id(text: &str) -> Result<JobId, Error> {
-    uuid::Uuid::try_parse(text)
-        .map(JobId::from_uuid)
-        .map_err(|e| Error::Corrupt(format!("bad job id {text:?}: {e}")))
+/// A job id or lease from its hex text; `what` names it in the error.
+fn hex_uuid(text: &str, what: &str) -> Result<uuid::Uuid, Error> {
+    uuid::Uuid::try_parse(text).map_err(|e| Error::Corrupt(format!("bad {what} {text:?}: {e}")))
 }
 
 /// [`firelane_core::Storage::fetch`]: one round trip per queue (see
@@ -523,7 +521,7 @@ pub(crate) async fn fetch(
             enqueued,
         ) in rows
         {
-            let id = hex_id(&raw_id)?;
+            let id = JobId::from_uuid(hex_uuid(&raw_id, "job id")?);
             if !leased {
                 tracing::warn!(job = %id, "dropped the queue row of a job that is not enqueued");
                 continue;
@@ -540,10 +538,7 @@ pub(crate) async fn fetch(
                 count_u32(attempt.unwrap_or(0)),
                 retry_policy(max.unwrap_or(1), delays.as_deref())?,
                 timeout.map(|v| Duration::from_millis(u64::try_from(v).unwrap_or(0))),
-                LeaseId::from_uuid(
-                    uuid::Uuid::try_parse(&lease)
-                        .map_err(|e| Error::Corrupt(format!("bad lease {lease:?}: {e}")))?,
-                ),
+                LeaseId::from_uuid(hex_uuid(&lease, "lease")?),
                 time(created.unwrap_or(0))?,
                 time(enqueued.unwrap_or(0))?,
             ));
