@@ -78,6 +78,8 @@ macro_rules! storage_suite {
             list_jobs_search,
             list_jobs_created_range_and_retries,
             list_jobs_enqueued_in_fetch_order,
+            trace_context_travels_with_the_job,
+            stats_tell_when_the_head_job_was_enqueued,
             continuation_chain,
             continuation_fan_out,
             continuation_parent_deleted,
@@ -3862,4 +3864,95 @@ pub async fn list_jobs_enqueued_in_fetch_order(store: Arc<dyn Storage>) {
 /// The ids of jobs, in order.
 fn ids_of(jobs: Vec<firelane_core::JobRecord>) -> Vec<JobId> {
     jobs.into_iter().map(|j| j.id).collect()
+}
+
+const TRACE: &str = r#"{"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}"#;
+
+/// A job's trace context comes back with every fetch of it (retries and released
+/// continuations included) and with its record; a job without one has none.
+pub async fn trace_context_travels_with_the_job(store: Arc<dyn Storage>) {
+    let now = t0();
+    let s = server("traced");
+    let mut traced = job("traced");
+    traced.trace_context = Some(TRACE.to_owned());
+    let traced = add(&store, traced, now).await;
+    let plain = add(&store, job("plain"), now).await;
+    let mut child = continuation("child", traced, ContinueOn::Succeeded);
+    child.trace_context = Some(TRACE.replace("-01\"", "-00\""));
+    let child = add(&store, child, now).await;
+
+    assert_eq!(
+        details(&store, traced).await.job.trace_context.as_deref(),
+        Some(TRACE)
+    );
+    assert_eq!(details(&store, plain).await.job.trace_context, None);
+    let got = fetch(&store, &s, &["default"], 10, now).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    let (first, second) = (&got[0], &got[1]);
+    assert_eq!(first.id, traced);
+    assert_eq!(first.trace_context.as_deref(), Some(TRACE));
+    assert_eq!(second.id, plain);
+    assert_eq!(second.trace_context, None);
+
+    // A retry keeps it.
+    let end = now + secs(2);
+    let retry = Outcome::Retry {
+        at: end,
+        error: "try again".into(),
+    };
+    complete(&store, first, &s, retry, end).await;
+    let again = fetch_one(&store, &s, end).await;
+    assert_eq!(again.id, traced);
+    assert_eq!(again.attempt, 2);
+    assert_eq!(again.trace_context.as_deref(), Some(TRACE));
+
+    // A continuation released by its parent keeps its own.
+    complete(&store, &again, &s, Outcome::Succeeded, end + secs(1)).await;
+    let released = fetch_one(&store, &s, end + secs(1)).await;
+    assert_eq!(released.id, child);
+    assert_eq!(
+        released.trace_context.as_deref(),
+        Some(TRACE.replace("-01\"", "-00\"").as_str())
+    );
+}
+
+/// Queue figures tell when the job a fetch would take next entered its queue.
+pub async fn stats_tell_when_the_head_job_was_enqueued(store: Arc<dyn Storage>) {
+    let now = t0();
+    let s = server("head");
+    let head_of = |st: &firelane_core::Stats, q: &str| {
+        st.queues
+            .iter()
+            .find(|x| x.name == q)
+            .and_then(|x| x.head_enqueued_at)
+    };
+    add(&store, job_in("old", "work"), now).await;
+    let mut urgent = job_in("urgent", "work");
+    urgent.priority = 5;
+    add(&store, urgent, now + secs(10)).await;
+    add(&store, job_in("other", "other"), now + secs(20)).await;
+    let st = store.stats().await.unwrap();
+    assert_eq!(head_of(&st, "work"), Some(now + secs(10)), "{st:?}");
+    assert_eq!(head_of(&st, "other"), Some(now + secs(20)), "{st:?}");
+
+    let got = fetch(&store, &s, &["work"], 1, now + secs(30)).await;
+    assert_eq!(got[0].name, "urgent");
+    let st = store.stats().await.unwrap();
+    assert_eq!(head_of(&st, "work"), Some(now), "{st:?}");
+
+    // A retry enters the queue again at the time of its completion.
+    let old = fetch(&store, &s, &["work"], 1, now + secs(30)).await;
+    let end = now + secs(40);
+    let retry = Outcome::Retry {
+        at: end,
+        error: "again".into(),
+    };
+    complete(&store, &old[0], &s, retry, end).await;
+    let st = store.stats().await.unwrap();
+    assert_eq!(head_of(&st, "work"), Some(end), "{st:?}");
+
+    // An empty queue has none.
+    fetch(&store, &s, &["work"], 10, end).await;
+    let st = store.stats().await.unwrap();
+    assert_eq!(head_of(&st, "work"), None, "{st:?}");
 }

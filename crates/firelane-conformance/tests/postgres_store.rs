@@ -191,6 +191,71 @@ async fn a_schema_from_a_newer_firelane_is_refused() {
     drop_schema(&schema);
 }
 
+/// Takes a schema back to version 1 (as the first release left it), undoing the later
+/// migrations by hand.
+async fn back_to_version_1(c: &mut sqlx::PgConnection, schema: &str) {
+    exec(
+        c,
+        &format!(
+            "ALTER TABLE \"{schema}\".jobs DROP COLUMN trace_context;
+             DELETE FROM \"{schema}\".firelane_schema WHERE version > 1"
+        ),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_at_version_1_is_upgraded_and_keeps_its_jobs() {
+    if !available().await {
+        return;
+    }
+    let schema = fresh_schema();
+    let store = open(&schema).await;
+    let mut c = admin().await;
+    back_to_version_1(&mut c, &schema).await;
+    // A job written by the old code: no trace context column at all.
+    exec(
+        &mut c,
+        &format!(
+            "INSERT INTO \"{schema}\".jobs (id, name, queue, priority, args, state, max_attempts,
+                 created_at, state_at, initial_state)
+             VALUES ('00000000-0000-0000-0000-000000000001', 'old', 'default', 0, '{{}}',
+                 'scheduled', 1, now(), now(), 'scheduled')"
+        ),
+    )
+    .await;
+    store.close().await;
+
+    let store = open(&schema).await;
+    let versions: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT version FROM \"{schema}\".firelane_schema ORDER BY version"
+    )))
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(
+        versions,
+        (1..=firelane_postgres::SCHEMA_VERSION).collect::<Vec<_>>()
+    );
+    let old: firelane::JobId = "00000000-0000-0000-0000-000000000001".parse().unwrap();
+    let record = store.job(old).await.unwrap().unwrap();
+    assert_eq!(record.job.trace_context, None);
+    let mut traced = NewJob::new("traced", "{}");
+    traced.trace_context = Some("{\"traceparent\":\"00-ab-cd-01\"}".to_owned());
+    let id = traced.id;
+    store
+        .enqueue(vec![traced], chrono::Utc::now())
+        .await
+        .unwrap();
+    let record = store.job(id).await.unwrap().unwrap();
+    assert_eq!(
+        record.job.trace_context.as_deref(),
+        Some("{\"traceparent\":\"00-ab-cd-01\"}")
+    );
+    store.close().await;
+    drop_schema(&schema);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_of_another_application_is_refused_and_left_alone() {
     if !available().await {

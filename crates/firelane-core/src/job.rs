@@ -75,7 +75,15 @@ pub struct NewJob {
     pub timeout: Option<Duration>,
     /// Where it starts.
     pub initial: Initial,
+    /// Propagation data of the trace that enqueued it (for instance W3C `traceparent` and
+    /// `tracestate` as a JSON object), kept with the job and handed back to the server that
+    /// runs it, so that the job's span can be linked to the request that caused it. Opaque to
+    /// stores; at most [`MAX_TRACE_CONTEXT`] bytes.
+    pub trace_context: Option<String>,
 }
+
+/// The longest [`NewJob::trace_context`] accepted, in bytes.
+pub const MAX_TRACE_CONTEXT: usize = 4096;
 
 impl NewJob {
     /// A job with default options: queue `default`, priority 0, Hangfire's retry policy, no
@@ -90,6 +98,7 @@ impl NewJob {
             retry: RetryPolicy::default(),
             timeout: None,
             initial: Initial::Enqueued,
+            trace_context: None,
         }
     }
 
@@ -105,6 +114,15 @@ impl NewJob {
                 name: self.name.clone(),
                 size: self.args.len(),
                 limit: max_payload,
+            });
+        }
+        if let Some(trace) = &self.trace_context
+            && trace.len() > MAX_TRACE_CONTEXT
+        {
+            return Err(Error::PayloadTooLarge {
+                name: format!("{} (trace context)", self.name),
+                size: trace.len(),
+                limit: MAX_TRACE_CONTEXT,
             });
         }
         Ok(())
@@ -167,6 +185,8 @@ pub struct JobRecord {
     pub reason: Option<String>,
     /// The error of the last failed attempt.
     pub last_error: Option<String>,
+    /// The trace context it was enqueued with ([`NewJob::trace_context`]).
+    pub trace_context: Option<String>,
 }
 
 impl JobRecord {
@@ -202,6 +222,7 @@ impl JobRecord {
             lease_until: None,
             reason: None,
             last_error: None,
+            trace_context: None,
         }
     }
 }
@@ -291,6 +312,8 @@ pub struct FetchedJob {
     pub created_at: DateTime<Utc>,
     /// When it last entered its queue.
     pub enqueued_at: DateTime<Utc>,
+    /// The trace context it was enqueued with ([`NewJob::trace_context`]).
+    pub trace_context: Option<String>,
 }
 
 impl FetchedJob {
@@ -321,6 +344,13 @@ impl FetchedJob {
             lease,
             created_at,
             enqueued_at,
+            trace_context: None,
         }
+    }
+
+    /// Sets the trace context (for stores).
+    pub fn with_trace_context(mut self, trace_context: Option<String>) -> Self {
+        self.trace_context = trace_context;
+        self
     }
 }

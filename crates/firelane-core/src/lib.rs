@@ -18,7 +18,7 @@ pub use error::{BoxError, Error, Result};
 pub use id::{JobId, LeaseId, ServerId, hostname};
 pub use job::{
     DEFAULT_QUEUE, Enqueued, FetchedJob, HistoryEntry, Initial, JobDetails, JobRecord,
-    MAX_QUEUE_NAME, NewJob, validate_queue,
+    MAX_QUEUE_NAME, MAX_TRACE_CONTEXT, NewJob, validate_queue,
 };
 pub use recurring::{
     Firing, JobTemplate, MAX_RECURRING_ID, Misfire, RecurringDef, RecurringRecord, plan_firing,

@@ -438,6 +438,9 @@ pub struct QueueStats {
     pub processing: u64,
     /// Whether it is paused: no server fetches from it until it is resumed.
     pub paused: bool,
+    /// When the job next in line (the one a fetch would take first) entered the queue; `None`
+    /// for an empty queue. Its age tells how far behind the servers are.
+    pub head_enqueued_at: Option<DateTime<Utc>>,
 }
 
 impl QueueStats {
@@ -448,7 +451,14 @@ impl QueueStats {
             enqueued,
             processing,
             paused,
+            head_enqueued_at: None,
         }
+    }
+
+    /// Sets when the job next in line entered the queue (for stores).
+    pub fn with_head_enqueued_at(mut self, at: Option<DateTime<Utc>>) -> Self {
+        self.head_enqueued_at = at;
+        self
     }
 }
 
