@@ -71,6 +71,7 @@ pub struct SqliteConfig {
     pub(crate) synchronous: Synchronous,
     pub(crate) create_if_missing: bool,
     pub(crate) max_batch: usize,
+    pub(crate) shared: bool,
 }
 
 impl fmt::Debug for SqliteConfig {
@@ -82,6 +83,7 @@ impl fmt::Debug for SqliteConfig {
             .field("synchronous", &self.synchronous)
             .field("create_if_missing", &self.create_if_missing)
             .field("max_batch", &self.max_batch)
+            .field("shared", &self.shared)
             .finish()
     }
 }
@@ -102,6 +104,7 @@ impl SqliteConfig {
             synchronous: Synchronous::Normal,
             create_if_missing: true,
             max_batch: Self::DEFAULT_MAX_BATCH,
+            shared: false,
         }
     }
 
@@ -119,7 +122,8 @@ impl SqliteConfig {
     /// Reads a URL: `sqlite://path/to/file.db`, `sqlite:file.db`, `sqlite:///absolute/path.db`,
     /// `sqlite::memory:` or `:memory:`. A plain path is taken as a file. The query parameter
     /// `mode` is understood as sqlx does: `rwc` (the default) creates a missing file, `rw` does
-    /// not, `memory` opens an in-memory database.
+    /// not, `memory` opens an in-memory database; `shared=true` sets
+    /// [`SqliteConfig::shared_database`].
     pub fn from_url(url: &str) -> Result<Self, Error> {
         let trimmed = url.trim();
         let rest = if let Some(rest) = trimmed.strip_prefix("sqlite://") {
@@ -151,9 +155,11 @@ impl SqliteConfig {
                 "mode=rwc" => config.create_if_missing = true,
                 "mode=rw" => config.create_if_missing = false,
                 "mode=memory" => config.target = Target::Memory,
+                "shared=true" => config.shared = true,
+                "shared=false" => config.shared = false,
                 other => {
                     return Err(Error::Config(format!(
-                        "unknown parameter {other:?} in SQLite URL {url:?}: only mode=rwc, mode=rw and mode=memory are understood; use SqliteConfig for other settings"
+                        "unknown parameter {other:?} in SQLite URL {url:?}: only mode=rwc, mode=rw, mode=memory and shared=true|false are understood; use SqliteConfig for other settings"
                     )));
                 }
             }
@@ -190,6 +196,18 @@ impl SqliteConfig {
     /// Whether a missing database file is created (default `true`).
     pub fn create_if_missing(mut self, create: bool) -> Self {
         self.create_if_missing = create;
+        self
+    }
+
+    /// Whether the database file is shared with the application's own tables (default
+    /// `false`). Firelane's tables and indexes all start with `firelane_`. Unshared, a database
+    /// that has tables but not Firelane's is refused ([`Error::NotFirelane`]), so that a
+    /// mistyped path never adds Firelane's tables to another application's database; shared,
+    /// Firelane adds its tables beside the application's. Sharing the file is what lets an
+    /// application enqueue inside its own transactions
+    /// ([`SqliteStorage::enqueue_in`](crate::SqliteStorage)).
+    pub fn shared_database(mut self, shared: bool) -> Self {
+        self.shared = shared;
         self
     }
 

@@ -53,6 +53,9 @@
 //!   so that each occurrence fires once across servers and processes.
 //! - **Wake-ups in process only.** After a commit the store sends [`firelane_core::Signal`]s on
 //!   a broadcast channel. Another process on the same file is not told; its servers poll.
+//! - **Enqueue in the application's transaction.** [`SqliteStorage::enqueue_in`] runs the
+//!   enqueue on the application's own connection to the same file, so the jobs commit or roll
+//!   back with the application's writes; a commit hook wakes this process's servers.
 //! - **Times** are stored as microseconds since the Unix epoch (UTC): finer parts of a
 //!   `DateTime` are dropped. Ids are 16-byte blobs, states their lowercase names.
 
@@ -63,6 +66,7 @@ mod reads;
 mod schema;
 mod sql;
 mod tally;
+mod tx;
 mod writer;
 
 use std::fmt;
@@ -133,6 +137,8 @@ struct Inner {
     /// Read-only connections; for an in-memory database, the write pool again.
     read_pool: SqlitePool,
     signals: broadcast::Sender<Signal>,
+    /// What [`SqliteStorage::enqueue_in`] needs: the file, and signals waiting for commits.
+    in_tx: tx::InTx,
     /// For an in-memory database: a connection that is never used, and keeps the database
     /// alive whatever the pool does with its connection.
     _keeper: Option<tokio::sync::Mutex<SqliteConnection>>,
@@ -217,14 +223,16 @@ impl SqliteStorage {
                 .acquire()
                 .await
                 .map_err(|e| connect_error(&config, e))?;
-            let applied = schema::migrate(&mut conn).await.map_err(|e| match e {
-                SchemaError::Db(e) => connect_error(&config, e),
-                SchemaError::NotFirelane(reason) => Error::NotFirelane(url.clone(), reason),
-                SchemaError::TooNew(found) => Error::SchemaTooNew {
-                    found,
-                    known: schema::LATEST,
-                },
-            })?;
+            let applied = schema::migrate(&mut conn, config.shared)
+                .await
+                .map_err(|e| match e {
+                    SchemaError::Db(e) => connect_error(&config, e),
+                    SchemaError::NotFirelane(reason) => Error::NotFirelane(url.clone(), reason),
+                    SchemaError::TooNew(found) => Error::SchemaTooNew {
+                        found,
+                        known: schema::LATEST,
+                    },
+                })?;
             if !applied.is_empty() {
                 tracing::info!(%url, versions = ?applied, "applied Firelane schema migrations");
             }
@@ -245,6 +253,7 @@ impl SqliteStorage {
 
         let (signals, _) = broadcast::channel(SIGNAL_CAPACITY);
         let writer = Writer::spawn(write_pool.clone(), signals.clone(), config.max_batch);
+        let in_tx = tx::InTx::new(config.path(), &signals);
         Ok(Self {
             inner: Arc::new(Inner {
                 url,
@@ -252,6 +261,7 @@ impl SqliteStorage {
                 write_pool,
                 read_pool,
                 signals,
+                in_tx,
                 _keeper: keeper,
             }),
         })

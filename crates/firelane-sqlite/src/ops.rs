@@ -331,6 +331,7 @@ struct IncomingRow<'a>(
     Option<&'static str>,
     Option<String>,
     Option<i64>,
+    Option<&'a str>,
 );
 
 /// [`firelane_core::Storage::enqueue`].
@@ -425,6 +426,7 @@ pub(crate) async fn enqueue(
             parent.map(|(_, on)| on.as_str()),
             reason,
             state.is_finished().then_some(us(now)),
+            job.trace_context.as_deref(),
         ));
         out.push(Enqueued::new(job.id, state));
     }
@@ -458,6 +460,7 @@ type FetchedRow = (
     Option<i64>,
     Option<i64>,
     Option<i64>,
+    Option<String>,
 );
 
 /// A job id or lease from its hex text; `what` names it in the error.
@@ -519,6 +522,7 @@ pub(crate) async fn fetch(
             timeout,
             created,
             enqueued,
+            trace,
         ) in rows
         {
             let id = JobId::from_uuid(hex_uuid(&raw_id, "job id")?);
@@ -529,19 +533,22 @@ pub(crate) async fn fetch(
             let field = |v: Option<String>, what: &str| {
                 v.ok_or_else(|| Error::Corrupt(format!("job {id} has no {what}")))
             };
-            out.push(FetchedJob::new(
-                id,
-                field(name, "name")?,
-                field(queue, "queue")?,
-                priority.unwrap_or(0),
-                field(args, "arguments")?,
-                count_u32(attempt.unwrap_or(0)),
-                retry_policy(max.unwrap_or(1), delays.as_deref())?,
-                timeout.map(|v| Duration::from_millis(u64::try_from(v).unwrap_or(0))),
-                LeaseId::from_uuid(hex_uuid(&lease, "lease")?),
-                time(created.unwrap_or(0))?,
-                time(enqueued.unwrap_or(0))?,
-            ));
+            out.push(
+                FetchedJob::new(
+                    id,
+                    field(name, "name")?,
+                    field(queue, "queue")?,
+                    priority.unwrap_or(0),
+                    field(args, "arguments")?,
+                    count_u32(attempt.unwrap_or(0)),
+                    retry_policy(max.unwrap_or(1), delays.as_deref())?,
+                    timeout.map(|v| Duration::from_millis(u64::try_from(v).unwrap_or(0))),
+                    LeaseId::from_uuid(hex_uuid(&lease, "lease")?),
+                    time(created.unwrap_or(0))?,
+                    time(enqueued.unwrap_or(0))?,
+                )
+                .with_trace_context(trace),
+            );
         }
     }
     Ok(out)

@@ -18,7 +18,7 @@ use crate::codec::{
 /// [`firelane_core::Storage::job`].
 pub(crate) async fn job(conn: &mut SqliteConnection, id: JobId) -> OpResult<Option<JobDetails>> {
     let key = id.as_bytes().as_slice();
-    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?");
+    let sql = format!("SELECT {JOB_COLUMNS} FROM firelane_jobs WHERE id = ?");
     let Some(row) = sqlx::query(AssertSqlSafe(sql))
         .bind(key)
         .fetch_optional(&mut *conn)
@@ -29,7 +29,7 @@ pub(crate) async fn job(conn: &mut SqliteConnection, id: JobId) -> OpResult<Opti
     let record = job_record(&row)?;
     let history = sqlx::query(
         "SELECT state, at, reason, server, attempt, duration_us, error
-         FROM history WHERE job_id = ? ORDER BY seq",
+         FROM firelane_history WHERE job_id = ? ORDER BY seq",
     )
     .bind(key)
     .fetch_all(&mut *conn)
@@ -37,14 +37,15 @@ pub(crate) async fn job(conn: &mut SqliteConnection, id: JobId) -> OpResult<Opti
     .iter()
     .map(history_entry)
     .collect::<OpResult<Vec<_>>>()?;
-    let continuations =
-        sqlx::query_scalar::<_, Vec<u8>>("SELECT id FROM jobs WHERE parent_id = ? ORDER BY id")
-            .bind(key)
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(|b| job_id(b))
-            .collect::<Result<Vec<_>, Error>>()?;
+    let continuations = sqlx::query_scalar::<_, Vec<u8>>(
+        "SELECT id FROM firelane_jobs WHERE parent_id = ? ORDER BY id",
+    )
+    .bind(key)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|b| job_id(b))
+    .collect::<Result<Vec<_>, Error>>()?;
     Ok(Some(JobDetails::new(record, history, continuations)))
 }
 
@@ -66,9 +67,9 @@ pub(crate) async fn list_jobs(
         && query.created_to.is_none();
     if only_queue_order {
         let sql = format!(
-            "WITH page AS (SELECT job_id, priority AS qp, seq AS qs FROM queue
+            "WITH page AS (SELECT job_id, priority AS qp, seq AS qs FROM firelane_queue
                  WHERE queue = ?1 ORDER BY priority DESC, seq LIMIT ?2 OFFSET ?3)
-             SELECT {JOB_COLUMNS} FROM page JOIN jobs ON jobs.id = page.job_id
+             SELECT {JOB_COLUMNS} FROM page JOIN firelane_jobs ON firelane_jobs.id = page.job_id
              ORDER BY page.qp DESC, page.qs"
         );
         return sqlx::query(AssertSqlSafe(sql))
@@ -84,14 +85,30 @@ pub(crate) async fn list_jobs(
 
     // Only fixed fragments go into the text; every value is bound, except the constants of
     // the retries filter, which must be literal for SQLite to use their partial index.
-    let mut filters = String::new();
     let mut binds: Vec<Bind> = Vec::new();
-    if query.retries {
-        filters.push_str(" AND state = 'scheduled' AND attempt > 0");
+    // Each state filter names its index: without statistics SQLite prefers
+    // `firelane_jobs_state (state, id)` for the retries, which reads every scheduled job newer
+    // than the oldest retry; and the state index leaves processing jobs out, so other states
+    // add the literal term that lets SQLite use it.
+    let (source, mut filters) = if query.retries {
+        (
+            "firelane_jobs INDEXED BY firelane_jobs_retries",
+            " AND state = 'scheduled' AND attempt > 0".to_owned(),
+        )
+    } else if query.state == Some(JobState::Processing) {
+        (
+            "firelane_jobs INDEXED BY firelane_jobs_processing",
+            " AND state = 'processing'".to_owned(),
+        )
     } else if let Some(s) = query.state {
-        filters.push_str(" AND state = ?");
         binds.push(Bind::Text(s.as_str().to_owned()));
-    }
+        (
+            "firelane_jobs INDEXED BY firelane_jobs_state",
+            " AND state = ? AND state <> 'processing'".to_owned(),
+        )
+    } else {
+        ("firelane_jobs", String::new())
+    };
     if let Some(queue) = &query.queue {
         filters.push_str(" AND queue = ?");
         binds.push(Bind::Text(queue.clone()));
@@ -108,13 +125,6 @@ pub(crate) async fn list_jobs(
         filters.push_str(" AND created_at < ?");
         binds.push(Bind::Int(us(to)));
     }
-    // Without statistics SQLite prefers `jobs_state (state, id)` for the retries, which reads
-    // every scheduled job newer than the oldest retry.
-    let source = if query.retries {
-        "jobs INDEXED BY jobs_retries"
-    } else {
-        "jobs"
-    };
     let mut sql = format!("SELECT {JOB_COLUMNS} FROM {source} WHERE 1 = 1{filters}");
     if let Some(text) = &query.search {
         let text = text.trim();
@@ -164,7 +174,7 @@ pub(crate) async fn stats(conn: &mut SqliteConnection) -> OpResult<Stats> {
     let mut states = BTreeMap::new();
     let mut queues: BTreeMap<String, (u64, u64, bool)> = BTreeMap::new();
     let (mut succeeded_total, mut failed_total) = (0, 0);
-    for row in sqlx::query("SELECT key, n FROM counters")
+    for row in sqlx::query("SELECT key, n FROM firelane_counters")
         .fetch_all(&mut *conn)
         .await?
     {
@@ -185,7 +195,7 @@ pub(crate) async fn stats(conn: &mut SqliteConnection) -> OpResult<Stats> {
         }
     }
     for row in sqlx::query(
-        "SELECT queue, COUNT(*) AS n FROM jobs INDEXED BY jobs_processing
+        "SELECT queue, COUNT(*) AS n FROM firelane_jobs INDEXED BY firelane_jobs_processing
          WHERE state = 'processing' GROUP BY queue",
     )
     .fetch_all(&mut *conn)
@@ -193,19 +203,47 @@ pub(crate) async fn stats(conn: &mut SqliteConnection) -> OpResult<Stats> {
     {
         queues.entry(row.try_get("queue")?).or_default().1 = count_u64(row.try_get("n")?);
     }
-    for queue in sqlx::query_scalar::<_, String>("SELECT queue FROM paused_queues")
+    for queue in sqlx::query_scalar::<_, String>("SELECT queue FROM firelane_paused_queues")
         .fetch_all(&mut *conn)
         .await?
     {
         queues.entry(queue).or_default().2 = true;
     }
-    let servers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM servers")
+    let servers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM firelane_servers")
         .fetch_one(&mut *conn)
         .await?;
+    // When the job next in line entered each queue that has jobs: the head of the fetch index,
+    // one row per queue.
+    let waiting: Vec<&String> = queues
+        .iter()
+        .filter(|(_, (enqueued, _, _))| *enqueued > 0)
+        .map(|(name, _)| name)
+        .collect();
+    let mut heads = BTreeMap::new();
+    if !waiting.is_empty() {
+        let names = serde_json::to_string(&waiting)
+            .map_err(|e| Error::Config(format!("cannot encode queue names: {e}")))?;
+        for row in sqlx::query(
+            "SELECT n.value AS queue,
+                    (SELECT j.state_at FROM firelane_queue AS q INDEXED BY firelane_queue_fetch
+                         JOIN firelane_jobs AS j ON j.id = q.job_id
+                     WHERE q.queue = n.value ORDER BY q.priority DESC, q.seq LIMIT 1) AS head
+             FROM json_each(?) AS n",
+        )
+        .bind(names)
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            if let Some(at) = row.try_get::<Option<i64>, _>("head")? {
+                heads.insert(row.try_get::<String, _>("queue")?, time(at)?);
+            }
+        }
+    }
     let queues = queues
         .into_iter()
         .map(|(name, (enqueued, processing, paused))| {
-            QueueStats::new(name, enqueued, processing, paused)
+            let head = heads.get(&name).copied();
+            QueueStats::new(name, enqueued, processing, paused).with_head_enqueued_at(head)
         })
         .collect();
     Ok(Stats::new(states, queues, count_u64(servers)).totals(succeeded_total, failed_total))
@@ -218,7 +256,7 @@ pub(crate) async fn stats_history(
     to: DateTime<Utc>,
 ) -> OpResult<Vec<HourlyStats>> {
     sqlx::query(
-        "SELECT hour, succeeded, failed FROM stats_hourly
+        "SELECT hour, succeeded, failed FROM firelane_stats_hourly
          WHERE hour >= ? AND hour < ? ORDER BY hour",
     )
     .bind(us(from))
@@ -238,7 +276,7 @@ pub(crate) async fn stats_history(
 
 /// [`firelane_core::Storage::servers`].
 pub(crate) async fn servers(conn: &mut SqliteConnection) -> OpResult<Vec<ServerRecord>> {
-    let rows = sqlx::query("SELECT info, last_heartbeat FROM servers ORDER BY id")
+    let rows = sqlx::query("SELECT info, last_heartbeat FROM firelane_servers ORDER BY id")
         .fetch_all(conn)
         .await?;
     rows.iter()
@@ -259,7 +297,7 @@ pub(crate) async fn recurring(
     conn: &mut SqliteConnection,
     id: String,
 ) -> OpResult<Option<RecurringRecord>> {
-    let sql = format!("SELECT {RECURRING_COLUMNS} FROM recurring WHERE id = ?");
+    let sql = format!("SELECT {RECURRING_COLUMNS} FROM firelane_recurring WHERE id = ?");
     sqlx::query(AssertSqlSafe(sql))
         .bind(id)
         .fetch_optional(conn)
@@ -271,7 +309,7 @@ pub(crate) async fn recurring(
 
 /// [`firelane_core::Storage::list_recurring`].
 pub(crate) async fn list_recurring(conn: &mut SqliteConnection) -> OpResult<Vec<RecurringRecord>> {
-    let sql = format!("SELECT {RECURRING_COLUMNS} FROM recurring ORDER BY id");
+    let sql = format!("SELECT {RECURRING_COLUMNS} FROM firelane_recurring ORDER BY id");
     sqlx::query(AssertSqlSafe(sql))
         .fetch_all(conn)
         .await?

@@ -171,10 +171,188 @@ CREATE TABLE paused_queues (
 ) WITHOUT ROWID;
 ",
     },
+    Migration {
+        version: 4,
+        description: "firelane_ prefix on every table and index; trace context of jobs",
+        sql: "
+-- Every name Firelane uses starts with firelane_, so that its tables can share a database file
+-- with an application's own (which enqueueing inside the application's transactions needs).
+ALTER TABLE jobs RENAME TO firelane_jobs;
+ALTER TABLE queue RENAME TO firelane_queue;
+ALTER TABLE history RENAME TO firelane_history;
+ALTER TABLE servers RENAME TO firelane_servers;
+ALTER TABLE recurring RENAME TO firelane_recurring;
+ALTER TABLE counters RENAME TO firelane_counters;
+ALTER TABLE stats_hourly RENAME TO firelane_stats_hourly;
+ALTER TABLE paused_queues RENAME TO firelane_paused_queues;
+-- Indexes cannot be renamed: they are made again under their new names.
+DROP INDEX jobs_scheduled;
+DROP INDEX jobs_processing;
+DROP INDEX jobs_finished;
+DROP INDEX jobs_parent;
+DROP INDEX jobs_state;
+DROP INDEX jobs_retries;
+DROP INDEX queue_fetch;
+DROP INDEX queue_job;
+DROP INDEX history_job;
+DROP INDEX recurring_due;
+CREATE INDEX firelane_jobs_scheduled ON firelane_jobs (due_at, id) WHERE state = 'scheduled';
+CREATE INDEX firelane_jobs_processing ON firelane_jobs (lease_until, id)
+    WHERE state = 'processing';
+CREATE INDEX firelane_jobs_finished ON firelane_jobs (state, finished_at)
+    WHERE finished_at IS NOT NULL;
+CREATE INDEX firelane_jobs_parent ON firelane_jobs (parent_id, state)
+    WHERE parent_id IS NOT NULL;
+CREATE INDEX firelane_jobs_state ON firelane_jobs (state, id);
+CREATE INDEX firelane_jobs_retries ON firelane_jobs (id) WHERE state = 'scheduled' AND attempt > 0;
+CREATE INDEX firelane_queue_fetch ON firelane_queue (queue, priority DESC, seq);
+CREATE UNIQUE INDEX firelane_queue_job ON firelane_queue (job_id);
+CREATE INDEX firelane_history_job ON firelane_history (job_id, seq);
+CREATE INDEX firelane_recurring_due ON firelane_recurring (next_run)
+    WHERE paused = 0 AND next_run IS NOT NULL;
+
+-- Propagation data of the trace that enqueued a job (NewJob::trace_context), opaque here.
+ALTER TABLE firelane_jobs ADD COLUMN trace_context TEXT;
+",
+    },
+    Migration {
+        version: 5,
+        description: "the state index leaves processing jobs out",
+        sql: "
+-- Processing jobs are listed through firelane_jobs_processing; keeping them out of the state
+-- index saves two index writes per attempt (in at the fetch, out at the completion).
+DROP INDEX firelane_jobs_state;
+CREATE INDEX firelane_jobs_state ON firelane_jobs (state, id) WHERE state <> 'processing';
+",
+    },
 ];
 
+/// The whole schema at [`LATEST`], applied to a new database instead of replaying the
+/// migrations (whose older versions used names without the `firelane_` prefix, which could
+/// clash with an application's tables in a shared database). A test checks that it equals
+/// what the migrations make of a version 1 database.
+const FRESH: &str = "
+-- Every job, whatever its state. Times are microseconds since the Unix epoch (UTC), ids are
+-- the 16 bytes of the UUID.
+CREATE TABLE firelane_jobs (
+    id           BLOB PRIMARY KEY NOT NULL,
+    name         TEXT NOT NULL,
+    queue        TEXT NOT NULL,
+    priority     INTEGER NOT NULL,
+    args         TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    attempt      INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    retry_delays TEXT,              -- JSON array of milliseconds; NULL: Hangfire's back-off
+    timeout_ms   INTEGER,
+    created_at   INTEGER NOT NULL,
+    state_at     INTEGER NOT NULL,
+    due_at       INTEGER,           -- scheduled jobs
+    parent_id    BLOB,              -- continuations
+    continue_on  TEXT,
+    lease_id     BLOB,              -- processing jobs
+    lease_server TEXT,
+    lease_until  INTEGER,
+    reason       TEXT,
+    last_error   TEXT,
+    -- finished_at: succeeded, failed and deleted jobs; trace_context: NewJob::trace_context,
+    -- opaque here. (No comment after the last columns: SQLite's DROP COLUMN edits this text.)
+    finished_at  INTEGER,
+    trace_context TEXT
+);
+CREATE INDEX firelane_jobs_scheduled ON firelane_jobs (due_at, id) WHERE state = 'scheduled';
+CREATE INDEX firelane_jobs_processing ON firelane_jobs (lease_until, id)
+    WHERE state = 'processing';
+CREATE INDEX firelane_jobs_finished ON firelane_jobs (state, finished_at)
+    WHERE finished_at IS NOT NULL;
+CREATE INDEX firelane_jobs_parent ON firelane_jobs (parent_id, state)
+    WHERE parent_id IS NOT NULL;
+-- For the monitoring lists; processing jobs are listed through firelane_jobs_processing.
+CREATE INDEX firelane_jobs_state ON firelane_jobs (state, id) WHERE state <> 'processing';
+-- Scheduled jobs waiting for a retry, newest first, for the retries list.
+CREATE INDEX firelane_jobs_retries ON firelane_jobs (id) WHERE state = 'scheduled' AND attempt > 0;
+
+-- The hot table: exactly the enqueued jobs, one row each. A job entering its queue gets a new
+-- row (and so goes to the back); fetch reads and deletes rows here, so its index stays small
+-- however many finished jobs pile up in `firelane_jobs`.
+CREATE TABLE firelane_queue (
+    seq      INTEGER PRIMARY KEY,
+    queue    TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    name     TEXT NOT NULL,
+    job_id   BLOB NOT NULL
+);
+CREATE INDEX firelane_queue_fetch ON firelane_queue (queue, priority DESC, seq);
+CREATE UNIQUE INDEX firelane_queue_job ON firelane_queue (job_id);
+
+-- One row for every state a job entered, written in the transaction that changed the state.
+CREATE TABLE firelane_history (
+    seq         INTEGER PRIMARY KEY,
+    job_id      BLOB NOT NULL,
+    state       TEXT NOT NULL,
+    at          INTEGER NOT NULL,
+    reason      TEXT,
+    server      TEXT,
+    attempt     INTEGER NOT NULL,
+    duration_us INTEGER,
+    error       TEXT
+);
+CREATE INDEX firelane_history_job ON firelane_history (job_id, seq);
+
+CREATE TABLE firelane_servers (
+    id             TEXT PRIMARY KEY NOT NULL,
+    info           TEXT NOT NULL,   -- ServerInfo as JSON
+    last_heartbeat INTEGER NOT NULL
+);
+
+-- Recurring jobs: a cron schedule and the job it creates at each occurrence, the template in
+-- the columns `firelane_jobs` uses.
+CREATE TABLE firelane_recurring (
+    id           TEXT PRIMARY KEY NOT NULL,
+    cron         TEXT NOT NULL,
+    time_zone    TEXT NOT NULL,
+    misfire      TEXT NOT NULL,     -- Misfire as JSON
+    name         TEXT NOT NULL,
+    queue        TEXT NOT NULL,
+    priority     INTEGER NOT NULL,
+    args         TEXT NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    retry_delays TEXT,              -- JSON array of milliseconds; NULL: Hangfire's back-off
+    timeout_ms   INTEGER,
+    paused       INTEGER NOT NULL DEFAULT 0,
+    next_run     INTEGER,           -- NULL: disabled (the schedule never fires again)
+    last_run     INTEGER,
+    last_job     BLOB,
+    last_error   TEXT,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL
+);
+CREATE INDEX firelane_recurring_due ON firelane_recurring (next_run)
+    WHERE paused = 0 AND next_run IS NOT NULL;
+
+-- Counts kept by the transactions that change jobs, so that monitoring never counts rows:
+-- 'state:<state>', 'queue:<name>', and 'total:succeeded' / 'total:failed' (running totals).
+CREATE TABLE firelane_counters (
+    key TEXT PRIMARY KEY NOT NULL,
+    n   INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Jobs that succeeded and failed per hour, kept eight days.
+CREATE TABLE firelane_stats_hourly (
+    hour      INTEGER PRIMARY KEY,
+    succeeded INTEGER NOT NULL DEFAULT 0,
+    failed    INTEGER NOT NULL DEFAULT 0
+);
+
+-- Queues that no fetch takes jobs from.
+CREATE TABLE firelane_paused_queues (
+    queue     TEXT PRIMARY KEY NOT NULL,
+    paused_at INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
 /// The newest schema version this build knows.
-pub(crate) const LATEST: i64 = 3;
+pub(crate) const LATEST: i64 = 5;
 
 /// Why a database cannot be used.
 #[derive(Debug)]
@@ -192,8 +370,12 @@ impl From<sqlx::Error> for SchemaError {
 
 /// Checks that the database is Firelane's (or empty), and brings its schema up to [`LATEST`],
 /// all in one `BEGIN IMMEDIATE` transaction so that two processes opening one new file at once
-/// do not both create it. Returns the versions applied.
-pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<Vec<i64>, SchemaError> {
+/// do not both create it. `shared`: the application's own tables may be there too (Firelane's
+/// are added beside them). Returns the versions applied.
+pub(crate) async fn migrate(
+    conn: &mut SqliteConnection,
+    shared: bool,
+) -> Result<Vec<i64>, SchemaError> {
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
@@ -216,7 +398,7 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<Vec<i64>, Sch
             .fetch_one(&mut *tx)
             .await?;
         version.unwrap_or(0)
-    } else if tables.is_empty() {
+    } else if tables.is_empty() || shared {
         sqlx::raw_sql(BOOTSTRAP).execute(&mut *tx).await?;
         sqlx::query("INSERT INTO firelane_meta (key, value) VALUES (?, ?)")
             .bind(MARK_KEY)
@@ -229,7 +411,7 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<Vec<i64>, Sch
         names.sort();
         names.truncate(5);
         return Err(SchemaError::NotFirelane(format!(
-            "it is a SQLite database of another application (it has tables such as {}); give Firelane a database file of its own",
+            "it is a SQLite database of another application (it has tables such as {}); give Firelane a database file of its own, or open it with shared_database(true) (URL parameter shared=true) to add Firelane's tables beside them",
             names.join(", ")
         )));
     };
@@ -239,8 +421,13 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<Vec<i64>, Sch
     }
 
     let mut applied = Vec::new();
+    if current == 0 {
+        sqlx::raw_sql(FRESH).execute(&mut *tx).await?;
+    }
     for m in MIGRATIONS.iter().filter(|m| m.version > current) {
-        sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
+        if current > 0 {
+            sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
+        }
         sqlx::query(
             "INSERT INTO firelane_schema (version, description, applied_at) VALUES (?, ?, ?)",
         )
@@ -280,9 +467,13 @@ mod tests {
             .in_memory(true)
             .connect()
             .await?;
-        let first = migrate(&mut conn).await.map_err(|e| format!("{e:?}"))?;
-        assert_eq!(first, vec![1, 2, 3]);
-        let second = migrate(&mut conn).await.map_err(|e| format!("{e:?}"))?;
+        let first = migrate(&mut conn, false)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        assert_eq!(first, vec![1, 2, 3, 4, 5]);
+        let second = migrate(&mut conn, false)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
         assert!(second.is_empty());
         assert_eq!(version(&mut conn).await?, LATEST);
         assert_eq!(applied_count(&mut conn).await?, LATEST);
@@ -330,11 +521,13 @@ mod tests {
             .execute(&mut conn)
             .await?;
 
-        let applied = migrate(&mut conn).await.map_err(|e| format!("{e:?}"))?;
-        assert_eq!(applied, vec![2, 3]);
+        let applied = migrate(&mut conn, false)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        assert_eq!(applied, vec![2, 3, 4, 5]);
         assert_eq!(version(&mut conn).await?, LATEST);
         let counters: Vec<(String, i64)> =
-            sqlx::query_as("SELECT key, n FROM counters ORDER BY key")
+            sqlx::query_as("SELECT key, n FROM firelane_counters ORDER BY key")
                 .fetch_all(&mut conn)
                 .await?;
         let expected = [
@@ -345,14 +538,123 @@ mod tests {
         ]
         .map(|(k, n)| (k.to_owned(), n));
         assert_eq!(counters, expected);
-        let recurring: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM recurring")
+        let recurring: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM firelane_recurring")
             .fetch_one(&mut conn)
             .await?;
         assert_eq!(recurring, 0);
-        let servers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM servers")
+        let servers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM firelane_servers")
             .fetch_one(&mut conn)
             .await?;
         assert_eq!(servers, 1);
+        Ok(())
+    }
+
+    /// Tables, columns and indexes (with their conditions) of a database, comparable across
+    /// databases whose `CREATE` texts differ in layout.
+    async fn shape(conn: &mut SqliteConnection) -> Result<Vec<String>, sqlx::Error> {
+        let mut out = Vec::new();
+        let objects: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master
+             WHERE name LIKE 'firelane%' ORDER BY type, name",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        for (kind, name, table, sql) in objects {
+            if kind == "table" {
+                let cols: Vec<(String, String, i64, Option<String>, i64)> = sqlx::query_as(
+                    "SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info(?)",
+                )
+                .bind(&name)
+                .fetch_all(&mut *conn)
+                .await?;
+                out.push(format!("table {name} {cols:?}"));
+            } else {
+                let cols: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT name, \"desc\" FROM pragma_index_xinfo(?) WHERE key = 1",
+                )
+                .bind(&name)
+                .fetch_all(&mut *conn)
+                .await?;
+                let squeezed: String = sql.unwrap_or_default().split_whitespace().collect();
+                let condition = squeezed.split_once("WHERE").map(|(_, c)| c.to_owned());
+                let unique = squeezed.starts_with("CREATEUNIQUE");
+                out.push(format!(
+                    "{kind} {name} on {table} {cols:?} unique={unique} where={condition:?}"
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A new database gets [`FRESH`]; one made by older versions gets the migrations: both end
+    /// with the same tables, columns and indexes.
+    #[tokio::test]
+    async fn the_fresh_schema_equals_the_migrated_one() -> Result<(), Box<dyn std::error::Error>> {
+        let mut fresh = SqliteConnectOptions::new()
+            .in_memory(true)
+            .connect()
+            .await?;
+        migrate(&mut fresh, false)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+
+        let mut old = SqliteConnectOptions::new()
+            .in_memory(true)
+            .connect()
+            .await?;
+        sqlx::raw_sql(BOOTSTRAP).execute(&mut old).await?;
+        sqlx::query("INSERT INTO firelane_meta (key, value) VALUES (?, ?)")
+            .bind(MARK_KEY)
+            .bind(MARK_VALUE)
+            .execute(&mut old)
+            .await?;
+        sqlx::raw_sql(MIGRATIONS[0].sql).execute(&mut old).await?;
+        sqlx::query(
+            "INSERT INTO firelane_schema (version, description, applied_at) VALUES (1, '', 0)",
+        )
+        .execute(&mut old)
+        .await?;
+        migrate(&mut old, false)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+
+        let (a, b) = (shape(&mut fresh).await?, shape(&mut old).await?);
+        assert_eq!(a.len(), 20, "{a:#?}");
+        assert_eq!(a, b);
+        Ok(())
+    }
+
+    /// A shared database keeps the application's tables, even one named like an old Firelane
+    /// table, and gets Firelane's beside them; unshared, it is refused.
+    #[tokio::test]
+    async fn a_shared_database_gets_firelane_tables_beside_its_own()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let mut conn = SqliteConnectOptions::new()
+            .in_memory(true)
+            .connect()
+            .await?;
+        sqlx::raw_sql("CREATE TABLE jobs (title TEXT); INSERT INTO jobs VALUES ('mine');")
+            .execute(&mut conn)
+            .await?;
+        assert!(matches!(
+            migrate(&mut conn, false).await,
+            Err(SchemaError::NotFirelane(_))
+        ));
+        let applied = migrate(&mut conn, true)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        assert_eq!(applied, (1..=LATEST).collect::<Vec<_>>());
+        let mine: String = sqlx::query_scalar("SELECT title FROM jobs")
+            .fetch_one(&mut conn)
+            .await?;
+        assert_eq!(mine, "mine");
+        // Reopened without the flag, it is Firelane's (marked) and opens.
+        assert!(
+            migrate(&mut conn, false)
+                .await
+                .map_err(|e| format!("{e:?}"))?
+                .is_empty()
+        );
         Ok(())
     }
 

@@ -17,7 +17,7 @@ macro_rules! head_columns {
 macro_rules! add_counters {
     ($param:literal) => {
         concat!(
-            "INSERT INTO counters (key, n) SELECT key, value FROM json_each(",
+            "INSERT INTO firelane_counters (key, n) SELECT key, value FROM json_each(",
             $param,
             ") WHERE value <> 0 ON CONFLICT (key) DO UPDATE SET n = n + excluded.n"
         )
@@ -28,7 +28,7 @@ macro_rules! add_counters {
 macro_rules! add_hours {
     ($param:literal) => {
         concat!(
-            "INSERT INTO stats_hourly (hour, succeeded, failed)
+            "INSERT INTO firelane_stats_hourly (hour, succeeded, failed)
                  SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(",
             $param,
             ") WHERE true
@@ -43,9 +43,9 @@ macro_rules! add_hours {
 pub(crate) const HEADS: &str = concat!(
     "SELECT ",
     head_columns!(),
-    ", EXISTS (SELECT 1 FROM jobs AS c INDEXED BY jobs_parent WHERE c.parent_id IS NOT NULL
-              AND c.parent_id = jobs.id AND c.state = 'awaiting') AS awaited
-     FROM jobs WHERE id IN (SELECT unhex(value) FROM json_each(?))"
+    ", EXISTS (SELECT 1 FROM firelane_jobs AS c INDEXED BY firelane_jobs_parent WHERE c.parent_id IS NOT NULL
+              AND c.parent_id = firelane_jobs.id AND c.state = 'awaiting') AS awaited
+     FROM firelane_jobs WHERE id IN (SELECT unhex(value) FROM json_each(?))"
 );
 
 /// Moves jobs to new states (`?1`, a JSON array of moves), in one round trip: takes the jobs
@@ -53,20 +53,20 @@ pub(crate) const HEADS: &str = concat!(
 /// rows for the moves into `enqueued` and history rows for all, in order, and adds the
 /// counters `?2` and hourly figures `?3`.
 pub(crate) const MOVE: &str = concat!(
-    "DELETE FROM queue WHERE job_id IN (
+    "DELETE FROM firelane_queue WHERE job_id IN (
                  SELECT unhex(x.value ->> 'id') FROM jsonb_each(?1) AS x
                  WHERE x.value ->> 'deq' = 1);
-         UPDATE jobs SET state = x.value ->> 'state', attempt = x.value ->> 'attempt',
+         UPDATE firelane_jobs SET state = x.value ->> 'state', attempt = x.value ->> 'attempt',
              state_at = x.value ->> 'at', due_at = x.value ->> 'due', lease_id = NULL,
              lease_server = NULL, lease_until = NULL, finished_at = x.value ->> 'fin',
              reason = x.value ->> 'reason',
-             last_error = COALESCE(x.value ->> 'error', jobs.last_error)
+             last_error = COALESCE(x.value ->> 'error', firelane_jobs.last_error)
          FROM jsonb_each(?1) AS x
-         WHERE jobs.id = unhex(x.value ->> 'id');
-         INSERT INTO queue (queue, priority, name, job_id)
+         WHERE firelane_jobs.id = unhex(x.value ->> 'id');
+         INSERT INTO firelane_queue (queue, priority, name, job_id)
              SELECT x.value ->> 'q', x.value ->> 'p', x.value ->> 'n', unhex(x.value ->> 'id')
              FROM jsonb_each(?1) AS x WHERE x.value ->> 'state' = 'enqueued' ORDER BY x.key;
-         INSERT INTO history (job_id, state, at, reason, server, attempt, duration_us, error)
+         INSERT INTO firelane_history (job_id, state, at, reason, server, attempt, duration_us, error)
              SELECT unhex(x.value ->> 'id'), x.value ->> 'state', x.value ->> 'at',
                     x.value ->> 'reason', x.value ->> 'server', x.value ->> 'attempt',
                     x.value ->> 'dur', x.value ->> 'error'
@@ -82,51 +82,51 @@ pub(crate) const MOVE: &str = concat!(
 pub(crate) const CHILDREN: &str = concat!(
     "SELECT ",
     head_columns!(),
-    ", parent_id, continue_on FROM jobs INDEXED BY jobs_parent WHERE parent_id IS NOT NULL AND state = 'awaiting' AND parent_id IN (SELECT unhex(value) FROM json_each(?)) ORDER BY id"
+    ", parent_id, continue_on FROM firelane_jobs INDEXED BY firelane_jobs_parent WHERE parent_id IS NOT NULL AND state = 'awaiting' AND parent_id IN (SELECT unhex(value) FROM json_each(?)) ORDER BY id"
 );
 
 /// The states of jobs by id (a JSON array of hex ids).
 pub(crate) const PARENT_STATES: &str =
-    "SELECT id, state FROM jobs WHERE id IN (SELECT unhex(value) FROM json_each(?))";
+    "SELECT id, state FROM firelane_jobs WHERE id IN (SELECT unhex(value) FROM json_each(?))";
 
 /// New jobs (`?1`, a JSON array of arrays: id as hex, name, queue, priority, args, state,
 /// max attempts, retry delays, timeout, due, parent as hex, continuation condition, reason,
-/// finished at), created at `?2`, in one round trip: the array is read once into the scratch
-/// table `temp.incoming`, from which come the rows, the queue rows of the enqueued ones and the
+/// finished at, trace context), created at `?2`, in one round trip: the array is read once into the scratch
+/// table `temp.firelane_incoming`, from which come the rows, the queue rows of the enqueued ones and the
 /// first history row of each, in order; then the counters `?3`. (Arrays rather than objects:
 /// SQLite finds an object's field by walking its keys, for each field of each job.)
 pub(crate) const ENQUEUE: &str = concat!(
-    "CREATE TEMP TABLE IF NOT EXISTS incoming (
+    "CREATE TEMP TABLE IF NOT EXISTS firelane_incoming (
              ord INTEGER PRIMARY KEY, id BLOB NOT NULL, name TEXT NOT NULL, queue TEXT NOT NULL,
              priority INTEGER NOT NULL, args TEXT NOT NULL, state TEXT NOT NULL,
              max INTEGER NOT NULL, delays TEXT, timeout INTEGER, due INTEGER, parent BLOB,
-             cont TEXT, reason TEXT, fin INTEGER);
-         DELETE FROM temp.incoming;
-         INSERT INTO temp.incoming (id, name, queue, priority, args, state, max, delays,
-                 timeout, due, parent, cont, reason, fin)
+             cont TEXT, reason TEXT, fin INTEGER, trace TEXT);
+         DELETE FROM temp.firelane_incoming;
+         INSERT INTO temp.firelane_incoming (id, name, queue, priority, args, state, max, delays,
+                 timeout, due, parent, cont, reason, fin, trace)
              SELECT unhex(x.value ->> 0), x.value ->> 1, x.value ->> 2, x.value ->> 3,
                     x.value ->> 4, x.value ->> 5, x.value ->> 6, x.value ->> 7, x.value ->> 8,
                     x.value ->> 9, unhex(x.value ->> 10), x.value ->> 11, x.value ->> 12,
-                    x.value ->> 13
+                    x.value ->> 13, x.value ->> 14
              FROM jsonb_each(?1) AS x ORDER BY x.key;
-         INSERT INTO jobs (id, name, queue, priority, args, state, attempt,
+         INSERT INTO firelane_jobs (id, name, queue, priority, args, state, attempt,
                  max_attempts, retry_delays, timeout_ms, created_at, state_at, due_at, parent_id,
-                 continue_on, reason, finished_at)
+                 continue_on, reason, finished_at, trace_context)
              SELECT id, name, queue, priority, args, state, 0, max, delays, timeout, ?2, ?2,
-                    due, parent, cont, reason, fin
-             FROM temp.incoming ORDER BY ord;
-         INSERT INTO queue (queue, priority, name, job_id)
-             SELECT queue, priority, name, id FROM temp.incoming
+                    due, parent, cont, reason, fin, trace
+             FROM temp.firelane_incoming ORDER BY ord;
+         INSERT INTO firelane_queue (queue, priority, name, job_id)
+             SELECT queue, priority, name, id FROM temp.firelane_incoming
              WHERE state = 'enqueued' ORDER BY ord;
-         INSERT INTO history (job_id, state, at, reason, attempt)
-             SELECT id, state, ?2, reason, 0 FROM temp.incoming ORDER BY ord;
+         INSERT INTO firelane_history (job_id, state, at, reason, attempt)
+             SELECT id, state, ?2, reason, 0 FROM temp.firelane_incoming ORDER BY ord;
          ",
     add_counters!("?3")
 );
 
 /// One fetch from one queue in one round trip. `?1` queue, `?2` limit, `?3` now, `?4` server,
 /// `?5` lease end, `?6` a JSON array of job names or NULL for any. The queue rows taken go
-/// through the scratch table `temp.fetched` in fetch order; each job gets a random lease,
+/// through the scratch table `temp.firelane_fetched` in fetch order; each job gets a random lease,
 /// its attempt goes up by one; history rows and counters are written; the last statement
 /// returns the leased jobs as one row, a JSON array of arrays (rows cost a hop between threads
 /// each), each with its position in fetch order (a queue row whose job is not enqueued, which
@@ -134,45 +134,46 @@ pub(crate) const ENQUEUE: &str = concat!(
 macro_rules! fetch_one_queue {
     ($filter:literal) => {
         concat!(
-            "CREATE TEMP TABLE IF NOT EXISTS fetched (
+            "CREATE TEMP TABLE IF NOT EXISTS firelane_fetched (
                  ord INTEGER PRIMARY KEY, seq INTEGER NOT NULL, job_id BLOB NOT NULL,
                  lease BLOB NOT NULL, enqueued_at INTEGER);
-             DELETE FROM temp.fetched;
-             INSERT INTO temp.fetched (seq, job_id, lease, enqueued_at)
+             DELETE FROM temp.firelane_fetched;
+             INSERT INTO temp.firelane_fetched (seq, job_id, lease, enqueued_at)
                  SELECT q.seq, q.job_id, randomblob(16),
-                        (SELECT j.state_at FROM jobs AS j WHERE j.id = q.job_id)
-                 FROM queue AS q
-                 WHERE q.queue = ?1 AND NOT EXISTS (SELECT 1 FROM paused_queues WHERE queue = ?1) ",
+                        (SELECT j.state_at FROM firelane_jobs AS j WHERE j.id = q.job_id)
+                 FROM firelane_queue AS q
+                 WHERE q.queue = ?1 AND NOT EXISTS (SELECT 1 FROM firelane_paused_queues WHERE queue = ?1) ",
             $filter,
             " ORDER BY q.priority DESC, q.seq LIMIT ?2;
-             DELETE FROM queue WHERE seq IN (SELECT seq FROM temp.fetched);
-             UPDATE jobs SET state = 'processing', attempt = attempt + 1, state_at = ?3,
+             DELETE FROM firelane_queue WHERE seq IN (SELECT seq FROM temp.firelane_fetched);
+             UPDATE firelane_jobs SET state = 'processing', attempt = attempt + 1, state_at = ?3,
                      lease_id = f.lease, lease_server = ?4, lease_until = ?5, due_at = NULL,
                      reason = NULL
-                 FROM temp.fetched AS f
-                 WHERE jobs.id = f.job_id AND +jobs.state = 'enqueued';
-             INSERT INTO history (job_id, state, at, server, attempt)
+                 FROM temp.firelane_fetched AS f
+                 WHERE firelane_jobs.id = f.job_id AND +firelane_jobs.state = 'enqueued';
+             INSERT INTO firelane_history (job_id, state, at, server, attempt)
                  SELECT j.id, 'processing', ?3, ?4, j.attempt
-                 FROM temp.fetched AS f JOIN jobs AS j ON j.id = f.job_id AND j.lease_id = f.lease
+                 FROM temp.firelane_fetched AS f JOIN firelane_jobs AS j ON j.id = f.job_id AND j.lease_id = f.lease
                  ORDER BY f.ord;
-             INSERT INTO counters (key, n)
+             INSERT INTO firelane_counters (key, n)
                  SELECT key, n FROM (
                      SELECT 'state:processing' AS key, COUNT(*) AS n
-                         FROM temp.fetched AS f JOIN jobs AS j
+                         FROM temp.firelane_fetched AS f JOIN firelane_jobs AS j
                          ON j.id = f.job_id AND j.lease_id = f.lease
                      UNION ALL
                      SELECT 'state:enqueued', -COUNT(*)
-                         FROM temp.fetched AS f JOIN jobs AS j
+                         FROM temp.firelane_fetched AS f JOIN firelane_jobs AS j
                          ON j.id = f.job_id AND j.lease_id = f.lease
                      UNION ALL
-                     SELECT 'queue:' || ?1, -COUNT(*) FROM temp.fetched)
+                     SELECT 'queue:' || ?1, -COUNT(*) FROM temp.firelane_fetched)
                  WHERE n <> 0
                  ON CONFLICT (key) DO UPDATE SET n = n + excluded.n;
              SELECT json_group_array(json_array(f.ord, hex(f.job_id), hex(f.lease),
                         json(CASE WHEN j.id IS NULL THEN 'false' ELSE 'true' END),
                         j.name, j.queue, j.priority, j.args, j.attempt, j.max_attempts,
-                        j.retry_delays, j.timeout_ms, j.created_at, f.enqueued_at)) AS jobs
-                 FROM temp.fetched AS f LEFT JOIN jobs AS j
+                        j.retry_delays, j.timeout_ms, j.created_at, f.enqueued_at,
+                        j.trace_context)) AS jobs
+                 FROM temp.firelane_fetched AS f LEFT JOIN firelane_jobs AS j
                  ON j.id = f.job_id AND j.lease_id = f.lease"
         )
     };
@@ -192,85 +193,85 @@ pub(crate) const FETCH_QUEUE_NAMED: &str =
 /// answers only the exceptions, by position (`ord`, from 1): a stale completion (`ok` 0), or
 /// an applied one whose job continuations await (`ok` 1; they are released by the general
 /// code). Every row sent back costs a hop between threads, so the usual answer is no row.
-pub(crate) const COMPLETE_SUCCEEDED: &str = "CREATE TEMP TABLE IF NOT EXISTS done (
+pub(crate) const COMPLETE_SUCCEEDED: &str = "CREATE TEMP TABLE IF NOT EXISTS firelane_done (
              ord INTEGER PRIMARY KEY, id BLOB NOT NULL, lease BLOB NOT NULL, server TEXT,
              at INTEGER NOT NULL, dur INTEGER, ok INTEGER NOT NULL DEFAULT 0);
-         DELETE FROM temp.done;
-         INSERT INTO temp.done (id, lease, server, at, dur)
+         DELETE FROM temp.firelane_done;
+         INSERT INTO temp.firelane_done (id, lease, server, at, dur)
              SELECT unhex(x.value ->> 0), unhex(x.value ->> 1), x.value ->> 2, x.value ->> 3,
                     x.value ->> 4
              FROM jsonb_each(?1) AS x ORDER BY x.key;
-         UPDATE temp.done SET ok = 1
-             WHERE EXISTS (SELECT 1 FROM jobs AS j WHERE j.id = done.id
-                           AND +j.state = 'processing' AND j.lease_id = done.lease);
-         UPDATE jobs SET state = 'succeeded', state_at = d.at, lease_id = NULL,
+         UPDATE temp.firelane_done SET ok = 1
+             WHERE EXISTS (SELECT 1 FROM firelane_jobs AS j WHERE j.id = firelane_done.id
+                           AND +j.state = 'processing' AND j.lease_id = firelane_done.lease);
+         UPDATE firelane_jobs SET state = 'succeeded', state_at = d.at, lease_id = NULL,
                  lease_server = NULL, lease_until = NULL, finished_at = d.at, reason = NULL
-             FROM temp.done AS d
-             WHERE d.ok = 1 AND jobs.id = d.id;
-         INSERT INTO history (job_id, state, at, server, attempt, duration_us)
+             FROM temp.firelane_done AS d
+             WHERE d.ok = 1 AND firelane_jobs.id = d.id;
+         INSERT INTO firelane_history (job_id, state, at, server, attempt, duration_us)
              SELECT d.id, 'succeeded', d.at, d.server, j.attempt, d.dur
-             FROM temp.done AS d JOIN jobs AS j ON j.id = d.id
+             FROM temp.firelane_done AS d JOIN firelane_jobs AS j ON j.id = d.id
              WHERE d.ok = 1 ORDER BY d.ord;
-         INSERT INTO counters (key, n)
+         INSERT INTO firelane_counters (key, n)
              SELECT key, n FROM (
-                 SELECT 'state:succeeded' AS key, COUNT(*) AS n FROM temp.done WHERE ok = 1
-                 UNION ALL SELECT 'total:succeeded', COUNT(*) FROM temp.done WHERE ok = 1
-                 UNION ALL SELECT 'state:processing', -COUNT(*) FROM temp.done WHERE ok = 1)
+                 SELECT 'state:succeeded' AS key, COUNT(*) AS n FROM temp.firelane_done WHERE ok = 1
+                 UNION ALL SELECT 'total:succeeded', COUNT(*) FROM temp.firelane_done WHERE ok = 1
+                 UNION ALL SELECT 'state:processing', -COUNT(*) FROM temp.firelane_done WHERE ok = 1)
              WHERE n <> 0
              ON CONFLICT (key) DO UPDATE SET n = n + excluded.n;
-         INSERT INTO stats_hourly (hour, succeeded, failed)
-             SELECT at / 3600000000 * 3600000000 AS h, COUNT(*), 0 FROM temp.done
+         INSERT INTO firelane_stats_hourly (hour, succeeded, failed)
+             SELECT at / 3600000000 * 3600000000 AS h, COUNT(*), 0 FROM temp.firelane_done
              WHERE ok = 1 GROUP BY h
              ON CONFLICT (hour) DO UPDATE SET succeeded = succeeded + excluded.succeeded;
          SELECT ord, ok FROM (
              SELECT d.ord AS ord, d.ok AS ok, d.ok = 1 AND EXISTS (
-                    SELECT 1 FROM jobs AS c INDEXED BY jobs_parent
+                    SELECT 1 FROM firelane_jobs AS c INDEXED BY firelane_jobs_parent
                     WHERE c.parent_id IS NOT NULL AND c.parent_id = d.id
                       AND c.state = 'awaiting') AS awaited
-             FROM temp.done AS d)
+             FROM temp.firelane_done AS d)
          WHERE ok = 0 OR awaited ORDER BY ord";
 
 /// Records a heartbeat.
 pub(crate) const SERVER_UPSERT: &str =
-    "INSERT INTO servers (id, info, last_heartbeat) VALUES (?, ?, ?)
+    "INSERT INTO firelane_servers (id, info, last_heartbeat) VALUES (?, ?, ?)
          ON CONFLICT (id) DO UPDATE SET info = excluded.info,
              last_heartbeat = excluded.last_heartbeat";
 
 /// Extends the leases still held (a JSON array of ids and leases). `+jobs.state` keeps SQLite
 /// from reading every processing job through `jobs_state` instead of looking each id up.
-pub(crate) const HEARTBEAT_EXTEND: &str = "UPDATE jobs SET lease_until = ?2
+pub(crate) const HEARTBEAT_EXTEND: &str = "UPDATE firelane_jobs SET lease_until = ?2
          FROM jsonb_each(?1) AS x
-         WHERE jobs.id = unhex(x.value ->> 'id') AND +jobs.state = 'processing'
-           AND jobs.lease_id = unhex(x.value ->> 'lease')
-         RETURNING jobs.id";
+         WHERE firelane_jobs.id = unhex(x.value ->> 'id') AND +firelane_jobs.state = 'processing'
+           AND firelane_jobs.lease_id = unhex(x.value ->> 'lease')
+         RETURNING firelane_jobs.id";
 
 /// Removes a server.
-pub(crate) const SERVER_DELETE: &str = "DELETE FROM servers WHERE id = ?";
+pub(crate) const SERVER_DELETE: &str = "DELETE FROM firelane_servers WHERE id = ?";
 
 /// Scheduled jobs due at `?`, oldest due first.
 pub(crate) const PROMOTE_DUE: &str = concat!(
     "SELECT ",
     head_columns!(),
-    " FROM jobs INDEXED BY jobs_scheduled WHERE state = 'scheduled' AND due_at <= ? ORDER BY due_at, id LIMIT ?"
+    " FROM firelane_jobs INDEXED BY firelane_jobs_scheduled WHERE state = 'scheduled' AND due_at <= ? ORDER BY due_at, id LIMIT ?"
 );
 
 /// When the next scheduled job is due.
-pub(crate) const NEXT_DUE: &str =
-    "SELECT MIN(due_at) FROM jobs INDEXED BY jobs_scheduled WHERE state = 'scheduled'";
+pub(crate) const NEXT_DUE: &str = "SELECT MIN(due_at) FROM firelane_jobs INDEXED BY firelane_jobs_scheduled WHERE state = 'scheduled'";
 
 /// Removes servers silent since before `?`.
-pub(crate) const DEAD_SERVERS: &str = "DELETE FROM servers WHERE last_heartbeat < ? RETURNING id";
+pub(crate) const DEAD_SERVERS: &str =
+    "DELETE FROM firelane_servers WHERE last_heartbeat < ? RETURNING id";
 
 /// Processing jobs whose lease lapsed before `?`.
 pub(crate) const LAPSED: &str = concat!(
     "SELECT ",
     head_columns!(),
-    " FROM jobs INDEXED BY jobs_processing WHERE state = 'processing' AND lease_until < ? ORDER BY lease_until, id"
+    " FROM firelane_jobs INDEXED BY firelane_jobs_processing WHERE state = 'processing' AND lease_until < ? ORDER BY lease_until, id"
 );
 
 /// Removes finished jobs of a state finished before `?`.
-pub(crate) const EXPIRE_JOBS: &str = "DELETE FROM jobs WHERE id IN (
-                 SELECT id FROM jobs INDEXED BY jobs_finished
+pub(crate) const EXPIRE_JOBS: &str = "DELETE FROM firelane_jobs WHERE id IN (
+                 SELECT id FROM firelane_jobs INDEXED BY firelane_jobs_finished
                  WHERE state = ? AND finished_at IS NOT NULL AND finished_at <= ?
                  ORDER BY finished_at LIMIT ?)
              RETURNING id";
@@ -279,25 +280,25 @@ pub(crate) const EXPIRE_JOBS: &str = "DELETE FROM jobs WHERE id IN (
 pub(crate) const ADD_COUNTERS: &str = add_counters!("?1");
 
 /// Removes hourly figures of hours that started before `?`.
-pub(crate) const EXPIRE_HOURS: &str = "DELETE FROM stats_hourly WHERE hour < ?";
+pub(crate) const EXPIRE_HOURS: &str = "DELETE FROM firelane_stats_hourly WHERE hour < ?";
 
 /// Pauses queue `?1` at `?2`.
-pub(crate) const QUEUE_PAUSE: &str =
-    "INSERT INTO paused_queues (queue, paused_at) VALUES (?1, ?2) ON CONFLICT (queue) DO NOTHING";
+pub(crate) const QUEUE_PAUSE: &str = "INSERT INTO firelane_paused_queues (queue, paused_at) VALUES (?1, ?2) ON CONFLICT (queue) DO NOTHING";
 
 /// Resumes a queue; returns it if it was paused.
-pub(crate) const QUEUE_RESUME: &str = "DELETE FROM paused_queues WHERE queue = ? RETURNING queue";
+pub(crate) const QUEUE_RESUME: &str =
+    "DELETE FROM firelane_paused_queues WHERE queue = ? RETURNING queue";
 
 /// Removes the history of removed jobs (a JSON array of hex ids).
 pub(crate) const EXPIRE_HISTORY: &str =
-    "DELETE FROM history WHERE job_id IN (SELECT unhex(value) FROM json_each(?))";
+    "DELETE FROM firelane_history WHERE job_id IN (SELECT unhex(value) FROM json_each(?))";
 
 /// Adds a recurring job, or updates its definition: `paused`, `last_run` and `last_job` are
 /// kept, `last_error` is cleared, `next_run` is kept when the cron expression and time zone are
 /// unchanged and it was not NULL (disabled), and `updated_at` moves only when the definition
 /// changed. On the right of `SET`, bare columns are the row's old values.
 pub(crate) const RECURRING_UPSERT: &str =
-    "INSERT INTO recurring (id, cron, time_zone, misfire, name, queue, priority, args,
+    "INSERT INTO firelane_recurring (id, cron, time_zone, misfire, name, queue, priority, args,
              max_attempts, retry_delays, timeout_ms, paused, next_run, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, ?12, ?13, ?13)
          ON CONFLICT (id) DO UPDATE SET
@@ -319,23 +320,25 @@ pub(crate) const RECURRING_UPSERT: &str =
              last_error = NULL";
 
 /// Removes a recurring job.
-pub(crate) const RECURRING_DELETE: &str = "DELETE FROM recurring WHERE id = ? RETURNING id";
+pub(crate) const RECURRING_DELETE: &str =
+    "DELETE FROM firelane_recurring WHERE id = ? RETURNING id";
 
 /// Pauses a recurring job; its `next_run` stays.
 pub(crate) const RECURRING_PAUSE: &str =
-    "UPDATE recurring SET paused = 1 WHERE id = ? RETURNING id";
+    "UPDATE firelane_recurring SET paused = 1 WHERE id = ? RETURNING id";
 
 /// Resumes a recurring job to wait for `?2`. A paused or disabled (`next_run` NULL) job takes
 /// it; a job that runs on schedule keeps its `next_run`, so that resuming it cannot skip an
 /// occurrence that is due.
-pub(crate) const RECURRING_RESUME: &str = "UPDATE recurring
+pub(crate) const RECURRING_RESUME: &str = "UPDATE firelane_recurring
          SET next_run = CASE WHEN paused OR next_run IS NULL THEN ?2 ELSE next_run END, paused = 0
          WHERE id = ?1 RETURNING id";
 
 /// A firing's compare-and-set: applies only while the job is not paused and waits for `?2`.
 /// `?3` is the next run, `?4` the error, `?5` the last job created (NULL for none) and `?6`
 /// the firing's time, recorded as the last run when there is a last job.
-pub(crate) const RECURRING_FIRE: &str = "UPDATE recurring SET next_run = ?3, last_error = ?4,
+pub(crate) const RECURRING_FIRE: &str =
+    "UPDATE firelane_recurring SET next_run = ?3, last_error = ?4,
              last_job = COALESCE(?5, last_job),
              last_run = CASE WHEN ?5 IS NULL THEN last_run ELSE ?6 END
          WHERE id = ?1 AND paused = 0 AND next_run = ?2 RETURNING id";
@@ -343,11 +346,11 @@ pub(crate) const RECURRING_FIRE: &str = "UPDATE recurring SET next_run = ?3, las
 /// The template of a recurring job, to trigger it.
 pub(crate) const RECURRING_TEMPLATE: &str =
     "SELECT name, queue, priority, args, max_attempts, retry_delays, timeout_ms
-         FROM recurring WHERE id = ?";
+         FROM firelane_recurring WHERE id = ?";
 
 /// Records a job made from a recurring job's template by hand.
 pub(crate) const RECURRING_TRIGGERED: &str =
-    "UPDATE recurring SET last_job = ?2, last_run = ?3 WHERE id = ?1";
+    "UPDATE firelane_recurring SET last_job = ?2, last_run = ?3 WHERE id = ?1";
 
 #[cfg(test)]
 mod tests {
@@ -393,19 +396,19 @@ mod tests {
             .in_memory(true)
             .connect()
             .await?;
-        crate::schema::migrate(&mut conn)
+        crate::schema::migrate(&mut conn, false)
             .await
             .map_err(|e| format!("{e:?}"))?;
         // The scratch tables some texts create for themselves.
         sqlx::raw_sql(
-            "CREATE TEMP TABLE fetched (ord INTEGER PRIMARY KEY, seq INTEGER NOT NULL,
+            "CREATE TEMP TABLE firelane_fetched (ord INTEGER PRIMARY KEY, seq INTEGER NOT NULL,
                  job_id BLOB NOT NULL, lease BLOB NOT NULL, enqueued_at INTEGER);
-             CREATE TEMP TABLE incoming (ord INTEGER PRIMARY KEY, id BLOB NOT NULL,
+             CREATE TEMP TABLE firelane_incoming (ord INTEGER PRIMARY KEY, id BLOB NOT NULL,
                  name TEXT NOT NULL, queue TEXT NOT NULL, priority INTEGER NOT NULL,
                  args TEXT NOT NULL, state TEXT NOT NULL, max INTEGER NOT NULL, delays TEXT,
                  timeout INTEGER, due INTEGER, parent BLOB, cont TEXT, reason TEXT,
-                 fin INTEGER);
-             CREATE TEMP TABLE done (ord INTEGER PRIMARY KEY, id BLOB NOT NULL,
+                 fin INTEGER, trace TEXT);
+             CREATE TEMP TABLE firelane_done (ord INTEGER PRIMARY KEY, id BLOB NOT NULL,
                  lease BLOB NOT NULL, server TEXT, at INTEGER NOT NULL, dur INTEGER,
                  ok INTEGER NOT NULL DEFAULT 0)",
         )
@@ -429,11 +432,11 @@ mod tests {
                 // and `done`, aliased `f` and `d`) hold one operation's rows: reading them
                 // whole is fine.
                 let scratch = [
-                    "SCAN servers",
-                    "SCAN temp.fetched",
+                    "SCAN firelane_servers",
+                    "SCAN temp.firelane_fetched",
                     "SCAN f",
-                    "SCAN temp.done",
-                    "SCAN temp.incoming",
+                    "SCAN temp.firelane_done",
+                    "SCAN temp.firelane_incoming",
                     "SCAN d",
                 ];
                 let allowed = line.contains("VIRTUAL TABLE")
@@ -444,7 +447,7 @@ mod tests {
                 // `jobs_state` serves the monitoring lists; a write that finds its jobs through
                 // it reads every job in a state (all the enqueued ones, say).
                 assert!(
-                    !line.contains("INDEX jobs_state "),
+                    !line.contains("INDEX firelane_jobs_state "),
                     "{name} reads jobs by state: {lines:#?}"
                 );
                 assert!(

@@ -406,7 +406,7 @@ async fn run_batch(
 }
 
 /// One `Enqueued` per queue, the earliest `Scheduled`, every `Revoked`, in that order.
-fn dedup(signals: Signals) -> Vec<Signal> {
+pub(crate) fn dedup(signals: Signals) -> Vec<Signal> {
     let mut queues = BTreeSet::new();
     let mut earliest: Option<DateTime<Utc>> = None;
     let mut out = Vec::new();

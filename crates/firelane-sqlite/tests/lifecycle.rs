@@ -61,7 +61,7 @@ fn drain(rx: &mut broadcast::Receiver<Signal>) -> Vec<Signal> {
 }
 
 async fn queue_rows(s: &SqliteStorage) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM queue")
+    sqlx::query_scalar("SELECT COUNT(*) FROM firelane_queue")
         .fetch_one(s.pool())
         .await
         .unwrap()
@@ -269,11 +269,12 @@ async fn retries_then_failure_release_continuations_with_history_and_signals() {
         "the succeeded parent and the deleted continuation"
     );
     assert!(s.job(pid).await.unwrap().is_none());
-    let orphaned: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM history WHERE job_id = ?")
-        .bind(pid.as_bytes().as_slice())
-        .fetch_one(s.pool())
-        .await
-        .unwrap();
+    let orphaned: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM firelane_history WHERE job_id = ?")
+            .bind(pid.as_bytes().as_slice())
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
     assert_eq!(orphaned, 0);
 }
 

@@ -98,8 +98,24 @@ async fn a_version_1_database_gets_the_recurring_table() {
     let id = job.id;
     store.enqueue(vec![job], now).await.unwrap();
     sqlx::raw_sql(
-        "DROP TABLE recurring; DROP TABLE counters; DROP TABLE stats_hourly;
-         DROP TABLE paused_queues; DROP INDEX jobs_retries;
+        "DROP TABLE firelane_recurring; DROP TABLE firelane_counters; DROP TABLE firelane_stats_hourly;
+         DROP TABLE firelane_paused_queues; DROP INDEX firelane_jobs_retries;
+         DROP INDEX firelane_jobs_scheduled; DROP INDEX firelane_jobs_processing;
+         DROP INDEX firelane_jobs_finished; DROP INDEX firelane_jobs_parent;
+         DROP INDEX firelane_jobs_state; DROP INDEX firelane_queue_fetch;
+         DROP INDEX firelane_queue_job; DROP INDEX firelane_history_job;
+         ALTER TABLE firelane_jobs DROP COLUMN trace_context;
+         ALTER TABLE firelane_jobs RENAME TO jobs; ALTER TABLE firelane_queue RENAME TO queue;
+         ALTER TABLE firelane_history RENAME TO history;
+         ALTER TABLE firelane_servers RENAME TO servers;
+         CREATE INDEX jobs_scheduled ON jobs (due_at, id) WHERE state = 'scheduled';
+         CREATE INDEX jobs_processing ON jobs (lease_until, id) WHERE state = 'processing';
+         CREATE INDEX jobs_finished ON jobs (state, finished_at) WHERE finished_at IS NOT NULL;
+         CREATE INDEX jobs_parent ON jobs (parent_id, state) WHERE parent_id IS NOT NULL;
+         CREATE INDEX jobs_state ON jobs (state, id);
+         CREATE INDEX queue_fetch ON queue (queue, priority DESC, seq);
+         CREATE UNIQUE INDEX queue_job ON queue (job_id);
+         CREATE INDEX history_job ON history (job_id, seq);
          DELETE FROM firelane_schema WHERE version >= 2;",
     )
     .execute(store.pool())
@@ -114,7 +130,7 @@ async fn a_version_1_database_gets_the_recurring_table() {
             .fetch_all(store.pool())
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
     // Version 3's counters start from the rows the database has.
     assert_eq!(
         store.stats().await.unwrap().count(JobState::Enqueued),
