@@ -149,7 +149,7 @@ pub(crate) fn retry_policy(max_attempts: i32, delays: Option<&str>) -> Result<Re
 }
 
 /// The columns of `jobs` that [`job_record`] reads, in a form to paste into a SELECT.
-pub(crate) const JOB_COLUMNS: &str = "id, name, queue, priority, args, state, attempt, max_attempts, retry_delays, timeout_ms, created_at, state_at, due_at, parent_id, continue_on, lease_server, lease_until, reason, last_error";
+pub(crate) const JOB_COLUMNS: &str = "id, name, queue, priority, args, state, attempt, max_attempts, retry_delays, timeout_ms, created_at, state_at, due_at, parent_id, continue_on, lease_server, lease_until, reason, last_error, trace_context";
 
 /// A job record from a row of [`JOB_COLUMNS`].
 pub(crate) fn job_record(row: &PgRow) -> OpResult<JobRecord> {
@@ -187,6 +187,7 @@ pub(crate) fn job_record(row: &PgRow) -> OpResult<JobRecord> {
     job.lease_until = row.try_get("lease_until")?;
     job.reason = row.try_get("reason")?;
     job.last_error = row.try_get("last_error")?;
+    job.trace_context = row.try_get("trace_context")?;
     Ok(job)
 }
 

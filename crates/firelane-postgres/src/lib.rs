@@ -500,7 +500,9 @@ impl Storage for PostgresStorage {
         }
         // Two statements on two connections at once, each its own transaction: PostgreSQL runs
         // them side by side (measured: 1.5 times the drain rate of one statement doing both,
-        // whose fetch could not see the completions' effects anyway). The fetch does not see
+        // whose fetch could not see the completions' effects anyway; with the server's two
+        // batches in flight, still 7-15 % faster than one statement each, at the same CPU
+        // per job). The fetch does not see
         // jobs the completions put back in their queue; their wake-up brings the next fetch.
         let server = fetch.server.clone();
         let (done, got) = tokio::join!(self.complete(completions), self.fetch(fetch));

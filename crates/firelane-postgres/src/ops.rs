@@ -330,6 +330,7 @@ pub(crate) async fn enqueue(
     let mut parent_ids = Vec::with_capacity(n);
     let mut ons = Vec::with_capacity(n);
     let mut reasons = Vec::with_capacity(n);
+    let mut traces = Vec::with_capacity(n);
     let mut counters: BTreeMap<String, i64> = BTreeMap::new();
     let mut enqueued_queues: HashSet<&str> = HashSet::new();
     let mut earliest: Option<DateTime<Utc>> = None;
@@ -390,6 +391,7 @@ pub(crate) async fn enqueue(
         parent_ids.push(parent.map(|(p, _)| *p.as_uuid()));
         ons.push(parent.map(|(_, on): (JobId, ContinueOn)| on.as_str()));
         reasons.push(reason);
+        traces.push(job.trace_context.as_deref());
         out.push(Enqueued::new(job.id, st));
     }
     let origin = if sig.is_some() {
@@ -425,6 +427,7 @@ pub(crate) async fn enqueue(
         .bind(parent_ids)
         .bind(ons)
         .bind(reasons)
+        .bind(traces)
         .bind(now)
         .bind(keys)
         .bind(amounts)
@@ -467,7 +470,8 @@ fn fetched(row: &PgRow) -> OpResult<(i32, i64, FetchedJob)> {
         LeaseId::from_uuid(row.try_get("lease_id")?),
         row.try_get("created_at")?,
         row.try_get("enqueued_at")?,
-    );
+    )
+    .with_trace_context(row.try_get("trace_context")?);
     Ok((row.try_get("qp")?, row.try_get("seq")?, job))
 }
 

@@ -201,10 +201,12 @@ pub(crate) async fn list_jobs(
 }
 
 /// [`firelane_core::Storage::stats`]: the counters (folded totals plus the deltas not folded
-/// yet), the paused queues and the number of servers, in one statement.
+/// yet), the paused queues, the number of servers and when each queue's head job was
+/// enqueued, in one statement.
 pub(crate) async fn stats(conn: &mut PgConnection, ctx: &Ctx) -> OpResult<Stats> {
     let mut states = BTreeMap::new();
     let mut queues: BTreeMap<String, (u64, u64, bool)> = BTreeMap::new();
+    let mut heads: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
     let (mut succeeded_total, mut failed_total, mut servers) = (0, 0, 0);
     let rows = sqlx::query(AssertSqlSafe(std::sync::Arc::clone(&ctx.sql.stats)))
         .fetch_all(conn)
@@ -224,6 +226,10 @@ pub(crate) async fn stats(conn: &mut PgConnection, ctx: &Ctx) -> OpResult<Stats>
             if n > 0 {
                 queues.entry(q.to_owned()).or_default().1 = n;
             }
+        } else if let Some(q) = key.strip_prefix("head:") {
+            if let Some(at) = row.try_get::<Option<DateTime<Utc>>, _>("at")? {
+                heads.insert(q.to_owned(), at);
+            }
         } else if let Some(q) = key.strip_prefix("paused:") {
             queues.entry(q.to_owned()).or_default().2 = true;
         } else if key == "total:succeeded" {
@@ -237,7 +243,8 @@ pub(crate) async fn stats(conn: &mut PgConnection, ctx: &Ctx) -> OpResult<Stats>
     let queues = queues
         .into_iter()
         .map(|(name, (enqueued, processing, paused))| {
-            QueueStats::new(name, enqueued, processing, paused)
+            let head = heads.get(&name).copied();
+            QueueStats::new(name, enqueued, processing, paused).with_head_enqueued_at(head)
         })
         .collect();
     Ok(Stats::new(states, queues, servers).totals(succeeded_total, failed_total))

@@ -40,10 +40,11 @@ CREATE TABLE __S__.firelane_schema (
 ";
 
 /// The migrations, oldest first.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "jobs, queue, history, servers, recurring jobs, counters and paused queues",
-    sql: "
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "jobs, queue, history, servers, recurring jobs, counters and paused queues",
+        sql: "
 -- Every job, whatever its state.
 CREATE TABLE __S__.jobs (
     id           uuid PRIMARY KEY,
@@ -180,10 +181,20 @@ CREATE TABLE __S__.paused_queues (
     paused_at timestamptz NOT NULL
 );
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "jobs carry the trace context they were enqueued with",
+        sql: "
+-- Propagation data of the trace that enqueued a job (NewJob::trace_context), opaque here.
+-- Nullable without a default: adding it rewrites nothing.
+ALTER TABLE __S__.jobs ADD COLUMN trace_context text;
+",
+    },
+];
 
 /// The newest schema version this build knows.
-pub(crate) const LATEST: i64 = 1;
+pub(crate) const LATEST: i64 = 2;
 
 /// The tables of the latest schema, for the privilege check.
 pub(crate) const TABLES: &[&str] = &[

@@ -1,0 +1,155 @@
+//! The drain of `firelane bench`, on a schema that already holds many finished jobs (the
+//! bench itself always starts from an empty one). Ignored: run by hand, in release, e.g.
+//!
+//! ```sh
+//! FINISHED=1000000 EXPIRED=1 cargo test --release -p firelane-conformance \
+//!     --test postgres_bench -- --ignored --nocapture
+//! ```
+//!
+//! `FINISHED` succeeded jobs (default 1,000,000, with a history row each, finished an hour
+//! ago, so not yet expired) are written straight into the tables; with `EXPIRED=1` every fifth
+//! of them is then deleted and the tables vacuumed, leaving free space all through the heap,
+//! as expiry does in steady state. Then `JOBS` (100,000) no-op jobs are enqueued and a server with `WORKERS` (50)
+//! drains them; one JSON line gives the rates. `FINISHED=0` is the empty case.
+#![allow(clippy::unwrap_used)]
+
+mod postgres_support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use firelane::{Client, Job, JobContext, JobError, JobQuery, JobState, Server, Storage};
+
+struct BenchNoop;
+
+impl Job for BenchNoop {
+    const NAME: &'static str = "firelane_bench_noop";
+    type Args = u64;
+    async fn run(&self, _: JobContext, _: u64) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn exec(pool: &sqlx::PgPool, sql: String) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark: run by hand in release"]
+async fn drain_beside_finished_jobs() {
+    let Some(scratch) = postgres_support::scratch().await else {
+        return;
+    };
+    let finished = env("FINISHED", 1_000_000);
+    let expired = env("EXPIRED", 0) == 1;
+    let jobs = env("JOBS", 100_000);
+    let workers = env("WORKERS", 50);
+    let pool = scratch.inner.pool().clone();
+    let s = format!("\"{}\"", scratch.schema);
+    let setup = Instant::now();
+    if finished > 0 {
+        // As the drain leaves them: a job row in state succeeded and one history row each, with
+        // time-ordered ids (as `JobId`s are: UUID v7) from an hour ago.
+        exec(
+            &pool,
+            format!(
+                "INSERT INTO {s}.jobs (id, name, queue, priority, args, state, attempt,
+                     max_attempts, created_at, state_at, finished_at, initial_state, started_at,
+                     started_by, queue_seq)
+                 SELECT (lpad(to_hex((extract(epoch FROM now() - interval '1 hour') * 1000)::int8
+                             + g / 100), 12, '0') || '7' || substr(md5(g::text), 1, 3) || '8'
+                             || substr(md5(g::text), 4, 15))::uuid, 'firelane_bench_noop', 'default', 0, g::text,
+                     'succeeded', 1, 11, now() - interval '1 hour', now() - interval '1 hour',
+                     now() - interval '1 hour' + g * interval '1 microsecond', 'enqueued',
+                     now() - interval '1 hour', 'old-server', g
+                 FROM generate_series(1, {finished}) g;
+                 INSERT INTO {s}.history (job_id, state, at, server, attempt, duration_us,
+                     started_at, started_by, started_attempt)
+                 SELECT id, 'succeeded', finished_at, 'old-server', 1, 100, started_at,
+                     started_by, 1 FROM {s}.jobs;"
+            ),
+        )
+        .await;
+        if expired {
+            exec(
+                &pool,
+                format!(
+                    "DELETE FROM {s}.history WHERE job_id IN
+                         (SELECT id FROM {s}.jobs WHERE queue_seq % 5 = 0);
+                     DELETE FROM {s}.jobs WHERE queue_seq % 5 = 0;"
+                ),
+            )
+            .await;
+        }
+        exec(&pool, format!("VACUUM ANALYZE {s}.jobs, {s}.history")).await;
+    }
+    let setup = setup.elapsed();
+
+    let storage: Arc<dyn Storage> = Arc::new(scratch);
+    let client = Client::new(Arc::clone(&storage));
+    let start = Instant::now();
+    let mut done = 0usize;
+    while done < jobs {
+        let n = 1000.min(jobs - done);
+        client
+            .enqueue_many((done..done + n).map(|i| BenchNoop::with_args(i as u64)))
+            .await
+            .unwrap();
+        done += n;
+    }
+    let enqueue_per_s = jobs as f64 / start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let server = Server::builder(Arc::clone(&storage))
+        .register(BenchNoop)
+        .workers(workers)
+        .start()
+        .await
+        .unwrap();
+    loop {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let waiting = client
+            .list(JobQuery::new().state(JobState::Enqueued).page(0, 1))
+            .await
+            .unwrap();
+        if !waiting.is_empty() {
+            continue;
+        }
+        let running = client
+            .list(JobQuery::new().state(JobState::Processing).page(0, 1))
+            .await
+            .unwrap();
+        if running.is_empty() {
+            break;
+        }
+    }
+    let elapsed = start.elapsed();
+    server.shutdown().await.unwrap();
+    let kept = if expired {
+        finished - finished / 5
+    } else {
+        finished
+    };
+    let succeeded: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {s}.jobs WHERE state = 'succeeded'"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(succeeded, (kept + jobs) as i64);
+    println!(
+        "{{\"finished\":{finished},\"expired\":{expired},\"kept\":{kept},\"jobs\":{jobs},\"workers\":{workers},\"setup_s\":{:.1},\"enqueue_per_s\":{enqueue_per_s:.0},\"drain_per_s\":{:.0}}}",
+        setup.as_secs_f64(),
+        jobs as f64 / elapsed.as_secs_f64()
+    );
+}
