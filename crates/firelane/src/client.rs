@@ -47,6 +47,7 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 pub struct Client {
     storage: Arc<dyn Storage>,
     max_payload: usize,
+    metrics: crate::telemetry::ClientMetrics,
 }
 
 impl Client {
@@ -55,6 +56,7 @@ impl Client {
         Self {
             storage: storage.into_storage(),
             max_payload: DEFAULT_MAX_PAYLOAD,
+            metrics: crate::telemetry::ClientMetrics::new(),
         }
     }
 
@@ -85,7 +87,9 @@ impl Client {
             .map(|r| self.new_job(r, Initial::Enqueued))
             .collect::<Result<Vec<_>>>()?;
         let ids = jobs.iter().map(|j| j.id).collect();
+        let counted = self.metrics.prepare(&jobs);
         self.storage.enqueue(jobs, Utc::now()).await?;
+        counted.accepted();
         Ok(ids)
     }
 
@@ -125,8 +129,13 @@ impl Client {
         }
     }
 
-    /// Enqueues an already built job, for tools that know a job only by name (the CLI).
-    pub async fn enqueue_raw(&self, job: NewJob) -> Result<JobId> {
+    /// Enqueues an already built job, for tools that know a job only by name (the CLI). A
+    /// job without a trace context gets the current span's, as [`Client::enqueue`] does
+    /// (feature `opentelemetry`).
+    pub async fn enqueue_raw(&self, mut job: NewJob) -> Result<JobId> {
+        if job.trace_context.is_none() {
+            job.trace_context = crate::telemetry::capture();
+        }
         job.validate(self.max_payload)?;
         self.submit_one(job).await
     }
@@ -322,19 +331,43 @@ impl Client {
         self.storage.servers().await
     }
 
+    /// Whether the store answers, for the readiness endpoint of a process that enqueues
+    /// without running a server: a cheap read (the list of live servers) within 2 s. A process
+    /// that runs a server checks with [`crate::Server::health`] instead.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), firelane::Error> {
+    /// let client = firelane::Client::new(firelane::sqlite(":memory:").await?);
+    /// let health = client.health().await;
+    /// assert!(health.is_ready());
+    /// assert_eq!(health.store.servers_alive, Some(0));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn health(&self) -> crate::Health {
+        let (store, _) =
+            crate::health::probe_store(&self.storage, crate::health::DEFAULT_HEALTH_TIMEOUT).await;
+        crate::health::report(store, None)
+    }
+
     fn new_job<J: Job>(&self, request: JobRequest<J>, initial: Initial) -> Result<NewJob> {
         build_job(request, initial, self.max_payload)
     }
 
     async fn submit_one(&self, job: NewJob) -> Result<JobId> {
         let id = job.id;
-        self.storage.enqueue(vec![job], Utc::now()).await?;
+        let jobs = vec![job];
+        let counted = self.metrics.prepare(&jobs);
+        self.storage.enqueue(jobs, Utc::now()).await?;
+        counted.accepted();
         Ok(id)
     }
 }
 
 /// Serializes a request into a job, with the job type's options under the request's, and
-/// checks it.
+/// checks it. With feature `opentelemetry`, the job carries the current span's trace context,
+/// so that its run joins the trace.
 pub(crate) fn build_job<J: Job>(
     request: JobRequest<J>,
     initial: Initial,
@@ -355,6 +388,7 @@ pub(crate) fn build_job<J: Job>(
     }
     job.timeout = options.timeout;
     job.initial = initial;
+    job.trace_context = crate::telemetry::capture();
     job.validate(max_payload)?;
     Ok(job)
 }
@@ -444,7 +478,9 @@ impl Batch<'_> {
     pub async fn submit(self) -> Result<Vec<JobId>> {
         let ids = self.jobs.iter().map(|j| j.id).collect();
         if !self.jobs.is_empty() {
+            let counted = self.client.metrics.prepare(&self.jobs);
             self.client.storage.enqueue(self.jobs, Utc::now()).await?;
+            counted.accepted();
         }
         Ok(ids)
     }
@@ -496,7 +532,11 @@ impl Recurring {
             cron: cron.into(),
             tz: "UTC".to_owned(),
             misfire: Misfire::default(),
-            job: build_job(request, Initial::Enqueued, usize::MAX),
+            // A template fires long after this call: it carries no trace context.
+            job: build_job(request, Initial::Enqueued, usize::MAX).map(|mut job| {
+                job.trace_context = None;
+                job
+            }),
         }
     }
 

@@ -232,6 +232,35 @@ impl<J: Job> JobRequest<J> {
     pub fn args(&self) -> &J::Args {
         &self.args
     }
+
+    /// Serializes this request into the job a store keeps, enqueued at once, with the job
+    /// type's options under the request's: for APIs that take a [`NewJob`](crate::NewJob),
+    /// such as enqueueing inside an application's own database transaction. Set
+    /// [`NewJob::initial`](crate::NewJob::initial) to schedule it or make it a continuation.
+    ///
+    /// ```
+    /// # use firelane::{Job, JobContext, JobError};
+    /// # struct Welcome;
+    /// # impl Job for Welcome {
+    /// #     const NAME: &'static str = "welcome";
+    /// #     type Args = String;
+    /// #     async fn run(&self, _: JobContext, _: String) -> Result<(), JobError> { Ok(()) }
+    /// # }
+    /// let job = Welcome::with_args("ada@example.com".to_owned()).queue("mail").into_new_job()?;
+    /// assert_eq!(job.name, "welcome");
+    /// assert_eq!(job.queue, "mail");
+    /// assert_eq!(job.args, r#""ada@example.com""#);
+    /// # Ok::<(), firelane::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`](crate::Error::Serialize) when the arguments do not serialize, and
+    /// the errors of [`NewJob::validate`](crate::NewJob::validate) with
+    /// [`DEFAULT_MAX_PAYLOAD`](crate::DEFAULT_MAX_PAYLOAD).
+    pub fn into_new_job(self) -> crate::Result<crate::NewJob> {
+        crate::client::build_job(self, crate::Initial::Enqueued, crate::DEFAULT_MAX_PAYLOAD)
+    }
 }
 
 impl<J: Job> fmt::Debug for JobRequest<J> {

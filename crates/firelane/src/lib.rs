@@ -47,6 +47,13 @@
 //! | `sqlite` | yes     | the embedded SQLite store, [`sqlite`] |
 //! | `postgres` | no    | the PostgreSQL store, `postgres` |
 //! | `macros` | yes     | the [`job`] attribute: `#[firelane::job] async fn ..` |
+//! | `opentelemetry` | no | a job's `firelane.job` span joins the trace of the span that enqueued it (W3C trace context stored with the job) |
+//! | `metrics` | no     | job, queue and server metrics through the `metrics` facade: `metrics` |
+//! | `prometheus` | no  | `metrics` plus a Prometheus endpoint to mount: `metrics::PrometheusEndpoint` |
+//!
+//! Every job runs in a `tracing` span `firelane.job`; [`Server::health`] and [`Client::health`]
+//! answer readiness checks. `docs/observability.md` describes the spans, metrics and health
+//! report.
 //!
 //! # How a job's life goes
 //!
@@ -58,15 +65,20 @@
 
 mod client;
 mod extract;
+pub mod health;
 mod job;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod server;
+mod telemetry;
 
 pub use client::{Batch, Client, DEFAULT_MAX_PAYLOAD, Recurring, RecurringBuilder, RecurringView};
 pub use extract::{FromContext, IntoJobError, IntoJobResult, JobArgument, State};
+pub use health::Health;
 pub use job::{
     CancelReason, Cancellation, Job, JobContext, JobError, JobOptions, JobRequest, StateType,
 };
-pub use server::{Server, ServerBuilder, ShutdownReport};
+pub use server::{HealthCheck, Server, ServerBuilder, ShutdownReport};
 
 pub use firelane_core::{
     BoxError, Change, ContinueOn, CronSchedule, Error, HistoryEntry, HourlyStats, Initial,

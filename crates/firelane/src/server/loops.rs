@@ -237,32 +237,50 @@ fn start_jobs(shared: &Arc<Shared>, jobs: Vec<FetchedJob>, mut permits: Vec<Owne
     }
 }
 
+/// How many batches of outcomes the completer has in the store at once. Two: while one
+/// batch's store call runs, the jobs it refilled last time finish, and their outcomes (with
+/// the refill of their slots) go in a second call instead of waiting for the first. With one,
+/// the workers split into two halves, one running while the other waits on the store, and
+/// the drain was bound by the store's round trips (PostgreSQL: two thirds of one core busy).
+const FLUSHES_IN_FLIGHT: usize = 2;
+
+/// How long a batch waits for the outcomes of jobs that are finishing while another batch is
+/// in the store (never when no other batch is): one store call for them all instead of one
+/// for the first and one for the rest.
+const LINGER: Duration = Duration::from_millis(1);
+
 /// Writes outcomes in batches; keeps retrying while the store is down.
 ///
 /// While the server runs, each batch also asks for as many new jobs as there are free worker
 /// slots, in the same store call ([`Storage::complete_and_fetch`]): under load, the slots the
-/// finished jobs freed are refilled without a fetch of their own.
+/// finished jobs freed are refilled without a fetch of their own. Up to
+/// [`FLUSHES_IN_FLIGHT`] batches are written at once; each outcome is in exactly one batch,
+/// and a job's next outcome can only come from a run fetched after its previous outcome was
+/// written, so no job's outcomes are reordered.
 pub(super) async fn completer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Completion>) {
     let limit = shared.config.completion_batch;
     let mut batch: Vec<Completion> = Vec::new();
     // When shutdown began to wait on a failing store: one deadline for the whole shutdown.
-    let mut closing_since = None;
+    let closing_since = Arc::new(std::sync::Mutex::new(None));
+    // Dropping this (the completer aborted) aborts the batches in flight, as before.
+    let mut flights: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
     loop {
         if batch.is_empty() {
             tokio::select! {
                 biased;
                 c = rx.recv() => match c {
                     Some(c) => batch.push(c),
-                    None => return,
+                    None => break,
                 },
                 () = shared.completer_close.cancelled() => {
                     while let Ok(c) = rx.try_recv() {
                         batch.push(c);
                     }
                     if batch.is_empty() {
-                        return;
+                        break;
                     }
                 }
+                Some(_) = flights.join_next(), if !flights.is_empty() => continue,
             }
         }
         while batch.len() < limit {
@@ -271,14 +289,49 @@ pub(super) async fn completer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Comple
                 Err(_) => break,
             }
         }
-        flush(&shared, &mut batch, &mut closing_since).await;
+        if flights.len() >= FLUSHES_IN_FLIGHT {
+            // Both in the store: collect until one returns.
+            tokio::select! {
+                biased;
+                _ = flights.join_next() => {}
+                c = rx.recv(), if batch.len() < limit => match c {
+                    Some(c) => batch.push(c),
+                    None => {
+                        flights.join_next().await;
+                    }
+                },
+            }
+            continue;
+        }
+        if !flights.is_empty() && batch.len() < limit && !shared.completer_close.is_cancelled() {
+            // Another batch is in the store: give the jobs finishing now a moment to join.
+            let target = (batch.len() + shared.running().len()).min(limit);
+            let linger = tokio::time::sleep(LINGER);
+            tokio::pin!(linger);
+            while batch.len() < target {
+                tokio::select! {
+                    biased;
+                    c = rx.recv() => match c {
+                        Some(c) => batch.push(c),
+                        None => break,
+                    },
+                    () = &mut linger => break,
+                    _ = flights.join_next() => break,
+                }
+            }
+        }
+        let shared2 = Arc::clone(&shared);
+        let closing = Arc::clone(&closing_since);
+        let mut out = std::mem::take(&mut batch);
+        flights.spawn(async move { flush(&shared2, &mut out, &closing).await });
     }
+    while flights.join_next().await.is_some() {}
 }
 
 async fn flush(
     shared: &Arc<Shared>,
     batch: &mut Vec<Completion>,
-    closing_since: &mut Option<std::time::Instant>,
+    closing_since: &std::sync::Mutex<Option<std::time::Instant>>,
 ) {
     // After this many failures in a row a batch is written one completion at a time, so that
     // one completion the store refuses (a corrupt row) cannot hold back the others.
@@ -319,7 +372,10 @@ async fn flush(
             Err(e) => {
                 failures += 1;
                 if shared.completer_close.is_cancelled() {
-                    let since = *closing_since.get_or_insert_with(std::time::Instant::now);
+                    let since = *closing_since
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .get_or_insert_with(std::time::Instant::now);
                     if since.elapsed() > shared.config.lease {
                         tracing::error!(error = %e, jobs = batch.len(), "giving up writing outcomes at shutdown; the jobs return to their queues when their leases lapse");
                         forget_unwritten(shared, batch);

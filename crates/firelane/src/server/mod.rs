@@ -7,16 +7,19 @@
 
 mod handler;
 mod loops;
+mod observe;
 mod runner;
+
+pub use observe::HealthCheck;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::{Notify, Semaphore, mpsc};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::job::{Cancellation, Job, StateMap};
@@ -94,6 +97,8 @@ pub(crate) struct Config {
     pub(crate) fetch_batch: usize,
     pub(crate) completion_batch: usize,
     pub(crate) misfire_grace: Duration,
+    /// How often the queue gauges are sampled (feature `metrics`).
+    pub(crate) metrics_interval: Duration,
 }
 
 impl Default for Config {
@@ -114,6 +119,7 @@ impl Default for Config {
             fetch_batch: 1000,
             completion_batch: 1000,
             misfire_grace: crate::Misfire::DEFAULT_GRACE,
+            metrics_interval: Duration::from_secs(15),
         }
     }
 }
@@ -232,6 +238,15 @@ impl ServerBuilder {
         self
     }
 
+    /// How often the server reads the store's figures into the queue and server gauges
+    /// (default 15 s); see [`crate::metrics`]. Every server samples them: they describe the
+    /// whole store, not this server.
+    #[cfg(feature = "metrics")]
+    pub fn metrics_interval(mut self, interval: Duration) -> Self {
+        self.config.metrics_interval = interval;
+        self
+    }
+
     /// Checks the settings, registers the server with the store and starts its loops.
     pub async fn start(self) -> Result<Server> {
         self.validate()?;
@@ -285,8 +300,12 @@ impl ServerBuilder {
             next_wake_micros: AtomicI64::new(i64::MAX),
             completion_tx,
             counters: Counters::default(),
+            job_metrics: crate::telemetry::JobMetricsCache::new(),
+            loop_handles: OnceLock::new(),
             config,
         });
+        #[cfg(feature = "metrics")]
+        crate::metrics::describe();
         let server = Server::spawn(shared, completion_rx);
         tracing::info!(server = %server.id(), "firelane server started");
         Ok(server)
@@ -349,6 +368,7 @@ impl ServerBuilder {
         for (name, d) in [
             ("poll interval", c.poll_interval),
             ("expiration interval", c.expiration_interval),
+            ("metrics interval", c.metrics_interval),
         ] {
             if d.is_zero() {
                 return bad(format!("the {name} must be above zero"));
@@ -370,6 +390,7 @@ impl ServerBuilder {
             ("watchdog interval", c.watchdog_interval),
             ("expiration interval", Some(c.expiration_interval)),
             ("misfire grace", Some(c.misfire_grace)),
+            ("metrics interval", Some(c.metrics_interval)),
         ] {
             if let Some(d) = d
                 && d > YEAR
@@ -465,6 +486,10 @@ pub(crate) struct Shared {
     pub(crate) next_wake_micros: AtomicI64,
     pub(crate) completion_tx: mpsc::Sender<Completion>,
     pub(crate) counters: Counters,
+    /// Metric handles per (job, queue); nothing without feature `metrics`.
+    pub(crate) job_metrics: crate::telemetry::JobMetricsCache,
+    /// The loops' tasks, by name, for the health check.
+    pub(crate) loop_handles: OnceLock<Vec<(&'static str, AbortHandle)>>,
 }
 
 impl Shared {
@@ -483,6 +508,23 @@ impl Shared {
 
     pub(crate) fn dead_after(&self) -> Duration {
         self.config.dead_after.unwrap_or(self.config.lease)
+    }
+
+    /// Loops whose task ended although the server was not told to stop.
+    pub(crate) fn stopped_loops(&self) -> Vec<&'static str> {
+        if self.stop.is_cancelled() {
+            return Vec::new();
+        }
+        self.loop_handles
+            .get()
+            .map(|handles| {
+                handles
+                    .iter()
+                    .filter(|(_, h)| h.is_finished())
+                    .map(|(name, _)| *name)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub(crate) fn watchdog_interval(&self) -> Duration {
@@ -550,18 +592,64 @@ impl Server {
         self.shared.counters.loop_restarts.load(Ordering::Relaxed)
     }
 
+    /// Whether this server is ready, for an application's readiness endpoint: the store
+    /// answers a cheap read within 2 s, the server runs with every loop alive, and its last
+    /// heartbeat in the store is fresh. See [`HealthCheck`] for a handle to keep in a web
+    /// handler's state.
+    pub async fn health(&self) -> crate::Health {
+        self.health_check().check().await
+    }
+
+    /// A cloneable readiness check of this server, which stays usable (and reports "not
+    /// running") after the server is shut down.
+    pub fn health_check(&self) -> HealthCheck {
+        HealthCheck::new(&self.shared)
+    }
+
     fn spawn(shared: Arc<Shared>, completion_rx: mpsc::Receiver<Completion>) -> Self {
         // The fetcher first: shutdown waits for it before telling running jobs.
-        let loops = vec![
-            loops::supervise("fetcher", &shared, loops::fetcher),
-            loops::supervise("signals", &shared, loops::signals),
-            loops::supervise("scheduler", &shared, loops::scheduler),
-            loops::supervise("watchdog", &shared, loops::watchdog),
-            loops::supervise("expiration", &shared, loops::expiration),
-            loops::supervise("recurring", &shared, loops::recurring),
+        #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
+        let mut named = vec![
+            (
+                "fetcher",
+                loops::supervise("fetcher", &shared, loops::fetcher),
+            ),
+            (
+                "signals",
+                loops::supervise("signals", &shared, loops::signals),
+            ),
+            (
+                "scheduler",
+                loops::supervise("scheduler", &shared, loops::scheduler),
+            ),
+            (
+                "watchdog",
+                loops::supervise("watchdog", &shared, loops::watchdog),
+            ),
+            (
+                "expiration",
+                loops::supervise("expiration", &shared, loops::expiration),
+            ),
+            (
+                "recurring",
+                loops::supervise("recurring", &shared, loops::recurring),
+            ),
         ];
+        #[cfg(feature = "metrics")]
+        named.push((
+            "metrics",
+            loops::supervise("metrics", &shared, observe::sample_gauges),
+        ));
         let completer = tokio::spawn(loops::completer(Arc::clone(&shared), completion_rx));
         let heartbeat = loops::supervise("heartbeat", &shared, loops::heartbeat);
+        let mut handles: Vec<(&'static str, AbortHandle)> = named
+            .iter()
+            .map(|(name, h)| (*name, h.abort_handle()))
+            .collect();
+        handles.push(("completer", completer.abort_handle()));
+        handles.push(("heartbeat", heartbeat.abort_handle()));
+        let _ = shared.loop_handles.set(handles);
+        let loops = named.into_iter().map(|(_, h)| h).collect();
         Server {
             shared,
             loops,

@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use super::{RunningJob, Shared};
 use crate::job::{CancelReason, Cancellation, JobContext, JobError, error_chain};
+use crate::telemetry::AttemptOutcome;
 use crate::{Completion, FetchedJob, Outcome};
 
 /// What the job's task ended with, before it becomes an outcome.
@@ -26,13 +27,31 @@ enum Ended {
 }
 
 pub(crate) fn spawn(shared: Arc<Shared>, job: FetchedJob, permit: OwnedSemaphorePermit) {
+    // The `otel.*` fields are read by tracing-opentelemetry; without the feature they would
+    // only repeat the job's name in every log line.
+    #[cfg(feature = "opentelemetry")]
+    let span = tracing::info_span!(
+        "firelane.job",
+        otel.name = %format_args!("firelane.job {}", job.name),
+        otel.kind = "consumer",
+        job.id = %job.id,
+        job.name = %job.name,
+        job.queue = %job.queue,
+        job.attempt = job.attempt,
+        job.outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    #[cfg(not(feature = "opentelemetry"))]
     let span = tracing::info_span!(
         "firelane.job",
         job.id = %job.id,
         job.name = %job.name,
         job.queue = %job.queue,
         job.attempt = job.attempt,
+        job.outcome = tracing::field::Empty,
     );
+    // Before the span is first entered: the OpenTelemetry span is built then.
+    crate::telemetry::link_parent(&span, job.trace_context.as_deref());
     // Registered before the task exists, so that a shutdown or a heartbeat right after the
     // fetch already knows the job.
     let cancellation = Cancellation::new();
@@ -92,6 +111,7 @@ fn unregister(shared: &Shared, job: &FetchedJob) -> bool {
 async fn run(shared: Arc<Shared>, job: FetchedJob, cancellation: Cancellation, started: Instant) {
     let name: Arc<str> = Arc::from(job.name.as_str());
     shared.counters.started.fetch_add(1, Ordering::Relaxed);
+    let metrics = shared.job_metrics.start(&job);
     tracing::debug!("job started");
 
     let ctx = JobContext {
@@ -144,6 +164,14 @@ async fn run(shared: Arc<Shared>, job: FetchedJob, cancellation: Cancellation, s
         shared.unwritten().insert(job.id, job.lease);
     }
     unregister(&shared, &job);
+    if let Some(ended) = AttemptOutcome::of(&outcome) {
+        metrics.finish(ended, duration);
+        let span = tracing::Span::current();
+        span.record("job.outcome", ended.as_str());
+        if matches!(ended, AttemptOutcome::Retried | AttemptOutcome::Failed) {
+            span.record("otel.status_code", "error");
+        }
+    }
     match &outcome {
         Outcome::Succeeded => {
             shared.counters.succeeded.fetch_add(1, Ordering::Relaxed);
