@@ -107,6 +107,24 @@ async fn an_outage_mid_run_loses_nothing_and_enqueues_fail_fast() {
     let outage = Instant::now();
     eprintln!("outage: terminated {} connections", terminated.len());
     assert!(!terminated.is_empty());
+    // pg_terminate_backend only signals: a backend in the middle of a COMMIT may still finish
+    // it. The outage begins once every one of the role's backends is gone.
+    loop {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE usename = $1")
+                .bind(&role)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            outage.elapsed() < Duration::from_secs(10),
+            "{left} terminated backends are still there"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 
     // Enqueues during the outage are errors, soon, not hangs: the first may meet a terminated
     // connection, the next a refused one.
