@@ -5,20 +5,27 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use firelane_core::{
-    Error, HourlyStats, JobDetails, JobId, JobQuery, JobRecord, JobState, QueueStats,
-    RecurringRecord, ServerInfo, ServerRecord, Stats,
+    Error, HistoryEntry, HourlyStats, JobDetails, JobId, JobQuery, JobRecord, JobState, QueueStats,
+    RecurringRecord, ServerId, ServerInfo, ServerRecord, Stats,
 };
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 
 use crate::codec::{
-    JOB_COLUMNS, OpResult, RECURRING_COLUMNS, count_u64, history_entry, job_id, job_record,
-    recurring_record, state, time, us,
+    JOB_COLUMNS, OpResult, RECURRING_COLUMNS, count_u32, count_u64, history_entry, job_id,
+    job_record, recurring_record, state, time, us,
 };
 
-/// [`firelane_core::Storage::job`].
+/// [`firelane_core::Storage::job`]. The history is put together from the job's first entry
+/// (kept in its row), one row per later state change, where a row that ends an attempt also
+/// holds the attempt's start, and the start of the running attempt (in the job's row). Rows
+/// written before schema version 6 hold every entry themselves (their job has no
+/// `initial_state` and their attempts no start).
 pub(crate) async fn job(conn: &mut SqliteConnection, id: JobId) -> OpResult<Option<JobDetails>> {
     let key = id.as_bytes().as_slice();
-    let sql = format!("SELECT {JOB_COLUMNS} FROM firelane_jobs WHERE id = ?");
+    let sql = format!(
+        "SELECT {JOB_COLUMNS}, initial_state, initial_reason, started_at, started_by
+         FROM firelane_jobs WHERE id = ?"
+    );
     let Some(row) = sqlx::query(AssertSqlSafe(sql))
         .bind(key)
         .fetch_optional(&mut *conn)
@@ -27,16 +34,45 @@ pub(crate) async fn job(conn: &mut SqliteConnection, id: JobId) -> OpResult<Opti
         return Ok(None);
     };
     let record = job_record(&row)?;
-    let history = sqlx::query(
-        "SELECT state, at, reason, server, attempt, duration_us, error
+    let mut history = Vec::new();
+    if let Some(first) = row.try_get::<Option<String>, _>("initial_state")? {
+        let mut entry = HistoryEntry::new(state(&first)?, record.created_at, 0);
+        entry.reason = row.try_get("initial_reason")?;
+        history.push(entry);
+    }
+    let started = |at: Option<i64>, by: Option<String>, attempt: Option<i64>| -> OpResult<_> {
+        let Some(at) = at else { return Ok(None) };
+        let mut entry = HistoryEntry::new(
+            JobState::Processing,
+            time(at)?,
+            count_u32(attempt.unwrap_or(0)),
+        );
+        entry.server = by.map(ServerId::from_string);
+        Ok(Some(entry))
+    };
+    for h in sqlx::query(
+        "SELECT state, at, reason, server, attempt, duration_us, error, started_at, started_by,
+                started_attempt
          FROM firelane_history WHERE job_id = ? ORDER BY seq",
     )
     .bind(key)
     .fetch_all(&mut *conn)
     .await?
-    .iter()
-    .map(history_entry)
-    .collect::<OpResult<Vec<_>>>()?;
+    {
+        history.extend(started(
+            h.try_get("started_at")?,
+            h.try_get("started_by")?,
+            h.try_get("started_attempt")?,
+        )?);
+        history.push(history_entry(&h)?);
+    }
+    if record.state == JobState::Processing {
+        history.extend(started(
+            row.try_get("started_at")?,
+            row.try_get("started_by")?,
+            Some(i64::from(record.attempt)),
+        )?);
+    }
     let continuations = sqlx::query_scalar::<_, Vec<u8>>(
         "SELECT id FROM firelane_jobs WHERE parent_id = ? ORDER BY id",
     )
@@ -225,7 +261,7 @@ pub(crate) async fn stats(conn: &mut SqliteConnection) -> OpResult<Stats> {
             .map_err(|e| Error::Config(format!("cannot encode queue names: {e}")))?;
         for row in sqlx::query(
             "SELECT n.value AS queue,
-                    (SELECT j.state_at FROM firelane_queue AS q INDEXED BY firelane_queue_fetch
+                    (SELECT j.state_at FROM firelane_queue AS q
                          JOIN firelane_jobs AS j ON j.id = q.job_id
                      WHERE q.queue = n.value ORDER BY q.priority DESC, q.seq LIMIT 1) AS head
              FROM json_each(?) AS n",

@@ -225,6 +225,40 @@ DROP INDEX firelane_jobs_state;
 CREATE INDEX firelane_jobs_state ON firelane_jobs (state, id) WHERE state <> 'processing';
 ",
     },
+    Migration {
+        version: 6,
+        description: "history per attempt; the queue table keyed by fetch order alone",
+        sql: "
+-- The first history entry lives in the job's row, and an attempt is one history row written
+-- when it ends, with its start (kept in the job's row while it runs): one history row per
+-- attempt instead of one per state. Rows written before keep their entries as they were.
+ALTER TABLE firelane_jobs ADD COLUMN initial_state TEXT;
+ALTER TABLE firelane_jobs ADD COLUMN initial_reason TEXT;
+ALTER TABLE firelane_jobs ADD COLUMN started_at INTEGER;
+ALTER TABLE firelane_jobs ADD COLUMN started_by TEXT;
+ALTER TABLE firelane_jobs ADD COLUMN queue_seq INTEGER;
+ALTER TABLE firelane_history ADD COLUMN started_at INTEGER;
+ALTER TABLE firelane_history ADD COLUMN started_by TEXT;
+ALTER TABLE firelane_history ADD COLUMN started_attempt INTEGER;
+-- The queue table becomes its fetch index (WITHOUT ROWID, keyed by fetch order); an enqueued
+-- job's row keeps its place (queue_seq), so no index on job_id is needed. Places come from
+-- the counter 'seq:queue' (the last one given).
+CREATE TABLE firelane_queue_v6 (
+    queue    TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    seq      INTEGER NOT NULL,
+    name     TEXT NOT NULL,
+    job_id   BLOB NOT NULL,
+    PRIMARY KEY (queue, priority DESC, seq)
+) WITHOUT ROWID;
+INSERT INTO firelane_queue_v6 (queue, priority, seq, name, job_id)
+    SELECT queue, priority, seq, name, job_id FROM firelane_queue;
+UPDATE firelane_jobs SET queue_seq = q.seq FROM firelane_queue AS q WHERE q.job_id = firelane_jobs.id;
+INSERT INTO firelane_counters (key, n) SELECT 'seq:queue', COALESCE(MAX(seq), 0) FROM firelane_queue;
+DROP TABLE firelane_queue;
+ALTER TABLE firelane_queue_v6 RENAME TO firelane_queue;
+",
+    },
 ];
 
 /// The whole schema at [`LATEST`], applied to a new database instead of replaying the
@@ -256,9 +290,17 @@ CREATE TABLE firelane_jobs (
     reason       TEXT,
     last_error   TEXT,
     -- finished_at: succeeded, failed and deleted jobs; trace_context: NewJob::trace_context,
-    -- opaque here. (No comment after the last columns: SQLite's DROP COLUMN edits this text.)
+    -- opaque here; initial_*: the first history entry (the state the job was created in, and
+    -- why); started_*: the running attempt's start (when it was leased, by which server);
+    -- queue_seq: an enqueued job's place in its queue (its queue row's seq). (No comment
+    -- between or after the last columns: SQLite's DROP COLUMN edits this text.)
     finished_at  INTEGER,
-    trace_context TEXT
+    trace_context TEXT,
+    initial_state TEXT,
+    initial_reason TEXT,
+    started_at   INTEGER,
+    started_by   TEXT,
+    queue_seq    INTEGER
 );
 CREATE INDEX firelane_jobs_scheduled ON firelane_jobs (due_at, id) WHERE state = 'scheduled';
 CREATE INDEX firelane_jobs_processing ON firelane_jobs (lease_until, id)
@@ -272,20 +314,23 @@ CREATE INDEX firelane_jobs_state ON firelane_jobs (state, id) WHERE state <> 'pr
 -- Scheduled jobs waiting for a retry, newest first, for the retries list.
 CREATE INDEX firelane_jobs_retries ON firelane_jobs (id) WHERE state = 'scheduled' AND attempt > 0;
 
--- The hot table: exactly the enqueued jobs, one row each. A job entering its queue gets a new
--- row (and so goes to the back); fetch reads and deletes rows here, so its index stays small
--- however many finished jobs pile up in `firelane_jobs`.
+-- The hot table: exactly the enqueued jobs, one row each, keyed in fetch order (one B-tree,
+-- no other index). A job entering its queue gets a new row with the next place (from the
+-- counter 'seq:queue'; the job's row keeps it in queue_seq), and so goes to the back; fetch
+-- reads and deletes rows here, so it stays small however many finished jobs pile up in
+-- `firelane_jobs`.
 CREATE TABLE firelane_queue (
-    seq      INTEGER PRIMARY KEY,
     queue    TEXT NOT NULL,
     priority INTEGER NOT NULL,
+    seq      INTEGER NOT NULL,
     name     TEXT NOT NULL,
-    job_id   BLOB NOT NULL
-);
-CREATE INDEX firelane_queue_fetch ON firelane_queue (queue, priority DESC, seq);
-CREATE UNIQUE INDEX firelane_queue_job ON firelane_queue (job_id);
+    job_id   BLOB NOT NULL,
+    PRIMARY KEY (queue, priority DESC, seq)
+) WITHOUT ROWID;
 
--- One row for every state a job entered, written in the transaction that changed the state.
+-- A job's history after its first entry (kept in its row): one row per state change, written
+-- in the transaction that made it. An attempt is one row, written when it ends, with its
+-- start (started_*: when the job was leased, by which server, as which attempt).
 CREATE TABLE firelane_history (
     seq         INTEGER PRIMARY KEY,
     job_id      BLOB NOT NULL,
@@ -295,7 +340,10 @@ CREATE TABLE firelane_history (
     server      TEXT,
     attempt     INTEGER NOT NULL,
     duration_us INTEGER,
-    error       TEXT
+    error       TEXT,
+    started_at      INTEGER,
+    started_by      TEXT,
+    started_attempt INTEGER
 );
 CREATE INDEX firelane_history_job ON firelane_history (job_id, seq);
 
@@ -352,7 +400,7 @@ CREATE TABLE firelane_paused_queues (
 ";
 
 /// The newest schema version this build knows.
-pub(crate) const LATEST: i64 = 5;
+pub(crate) const LATEST: i64 = 6;
 
 /// Why a database cannot be used.
 #[derive(Debug)]
@@ -470,7 +518,7 @@ mod tests {
         let first = migrate(&mut conn, false)
             .await
             .map_err(|e| format!("{e:?}"))?;
-        assert_eq!(first, vec![1, 2, 3, 4, 5]);
+        assert_eq!(first, vec![1, 2, 3, 4, 5, 6]);
         let second = migrate(&mut conn, false)
             .await
             .map_err(|e| format!("{e:?}"))?;
@@ -524,7 +572,7 @@ mod tests {
         let applied = migrate(&mut conn, false)
             .await
             .map_err(|e| format!("{e:?}"))?;
-        assert_eq!(applied, vec![2, 3, 4, 5]);
+        assert_eq!(applied, vec![2, 3, 4, 5, 6]);
         assert_eq!(version(&mut conn).await?, LATEST);
         let counters: Vec<(String, i64)> =
             sqlx::query_as("SELECT key, n FROM firelane_counters ORDER BY key")
@@ -532,6 +580,7 @@ mod tests {
                 .await?;
         let expected = [
             ("queue:mail", 1),
+            ("seq:queue", 1),
             ("state:enqueued", 1),
             ("state:succeeded", 2),
             ("total:succeeded", 2),
@@ -619,7 +668,7 @@ mod tests {
             .map_err(|e| format!("{e:?}"))?;
 
         let (a, b) = (shape(&mut fresh).await?, shape(&mut old).await?);
-        assert_eq!(a.len(), 20, "{a:#?}");
+        assert_eq!(a.len(), 18, "{a:#?}");
         assert_eq!(a, b);
         Ok(())
     }

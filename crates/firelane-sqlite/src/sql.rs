@@ -38,6 +38,27 @@ macro_rules! add_hours {
     };
 }
 
+/// The last place given in the queue table (`seq`): a job entering its queue gets this plus its
+/// position in the batch (from 1), then the counter moves past the batch.
+macro_rules! last_place {
+    () => {
+        "COALESCE((SELECT n FROM firelane_counters WHERE key = 'seq:queue'), 0)"
+    };
+}
+
+/// Moves the counter of places past a batch of `$n` (an expression; NULL moves nothing).
+macro_rules! take_places {
+    ($n:literal) => {
+        concat!(
+            "INSERT INTO firelane_counters (key, n) SELECT 'seq:queue', ",
+            $n,
+            " WHERE ",
+            $n,
+            " > 0 ON CONFLICT (key) DO UPDATE SET n = n + excluded.n"
+        )
+    };
+}
+
 /// The heads of jobs by id (a JSON array of hex ids), and whether continuations await them (so
 /// that finishing a job with none needs no [`CHILDREN`] query).
 pub(crate) const HEADS: &str = concat!(
@@ -49,28 +70,44 @@ pub(crate) const HEADS: &str = concat!(
 );
 
 /// Moves jobs to new states (`?1`, a JSON array of moves), in one round trip: takes the jobs
-/// that leave their queue (`"deq": 1`) out of the queue table, updates the rows, adds queue
-/// rows for the moves into `enqueued` and history rows for all, in order, and adds the
+/// that leave their queue (`"deq": 1`) out of the queue table (found by the place their row
+/// keeps), writes a history row for each, in order (a move out of `processing` ends an attempt:
+/// its row carries the attempt's start, read from the job's row before the update), updates
+/// the rows, adds queue rows at the next places for the moves into `enqueued`, and adds the
 /// counters `?2` and hourly figures `?3`.
 pub(crate) const MOVE: &str = concat!(
-    "DELETE FROM firelane_queue WHERE job_id IN (
-                 SELECT unhex(x.value ->> 'id') FROM jsonb_each(?1) AS x
+    "DELETE FROM firelane_queue WHERE (queue, priority, seq) IN (
+                 SELECT j.queue, j.priority, j.queue_seq
+                 FROM jsonb_each(?1) AS x JOIN firelane_jobs AS j ON j.id = unhex(x.value ->> 'id')
                  WHERE x.value ->> 'deq' = 1);
+         INSERT INTO firelane_history (job_id, state, at, reason, server, attempt, duration_us,
+                 error, started_at, started_by, started_attempt)
+             SELECT j.id, x.value ->> 'state', x.value ->> 'at',
+                    x.value ->> 'reason', x.value ->> 'server', x.value ->> 'attempt',
+                    x.value ->> 'dur', x.value ->> 'error',
+                    CASE WHEN j.state = 'processing' THEN j.started_at END,
+                    CASE WHEN j.state = 'processing' THEN j.started_by END,
+                    CASE WHEN j.state = 'processing' AND j.started_at IS NOT NULL THEN j.attempt END
+             FROM jsonb_each(?1) AS x JOIN firelane_jobs AS j ON j.id = unhex(x.value ->> 'id')
+             ORDER BY x.key;
          UPDATE firelane_jobs SET state = x.value ->> 'state', attempt = x.value ->> 'attempt',
              state_at = x.value ->> 'at', due_at = x.value ->> 'due', lease_id = NULL,
              lease_server = NULL, lease_until = NULL, finished_at = x.value ->> 'fin',
              reason = x.value ->> 'reason',
-             last_error = COALESCE(x.value ->> 'error', firelane_jobs.last_error)
+             last_error = COALESCE(x.value ->> 'error', firelane_jobs.last_error),
+             queue_seq = CASE WHEN x.value ->> 'state' = 'enqueued' THEN ",
+    last_place!(),
+    " + x.key + 1 END
          FROM jsonb_each(?1) AS x
          WHERE firelane_jobs.id = unhex(x.value ->> 'id');
-         INSERT INTO firelane_queue (queue, priority, name, job_id)
-             SELECT x.value ->> 'q', x.value ->> 'p', x.value ->> 'n', unhex(x.value ->> 'id')
-             FROM jsonb_each(?1) AS x WHERE x.value ->> 'state' = 'enqueued' ORDER BY x.key;
-         INSERT INTO firelane_history (job_id, state, at, reason, server, attempt, duration_us, error)
-             SELECT unhex(x.value ->> 'id'), x.value ->> 'state', x.value ->> 'at',
-                    x.value ->> 'reason', x.value ->> 'server', x.value ->> 'attempt',
-                    x.value ->> 'dur', x.value ->> 'error'
-             FROM jsonb_each(?1) AS x ORDER BY x.key;
+         INSERT INTO firelane_queue (queue, priority, seq, name, job_id)
+             SELECT x.value ->> 'q', x.value ->> 'p', ",
+    last_place!(),
+    " + x.key + 1, x.value ->> 'n', unhex(x.value ->> 'id')
+             FROM jsonb_each(?1) AS x WHERE x.value ->> 'state' = 'enqueued';
+         ",
+    take_places!("json_array_length(?1)"),
+    ";
          ",
     add_counters!("?2"),
     ";
@@ -91,9 +128,10 @@ pub(crate) const PARENT_STATES: &str =
 
 /// New jobs (`?1`, a JSON array of arrays: id as hex, name, queue, priority, args, state,
 /// max attempts, retry delays, timeout, due, parent as hex, continuation condition, reason,
-/// finished at, trace context), created at `?2`, in one round trip: the array is read once into the scratch
-/// table `temp.firelane_incoming`, from which come the rows, the queue rows of the enqueued ones and the
-/// first history row of each, in order; then the counters `?3`. (Arrays rather than objects:
+/// finished at, trace context), created at `?2`, in one round trip: the array is read once
+/// into the scratch table `temp.firelane_incoming`, from which come the rows (with their first
+/// history entry) and the queue rows of the enqueued ones, at the next places in order; then
+/// the counters `?3`. (Arrays rather than objects:
 /// SQLite finds an object's field by walking its keys, for each field of each job.)
 pub(crate) const ENQUEUE: &str = concat!(
     "CREATE TEMP TABLE IF NOT EXISTS firelane_incoming (
@@ -111,15 +149,22 @@ pub(crate) const ENQUEUE: &str = concat!(
              FROM jsonb_each(?1) AS x ORDER BY x.key;
          INSERT INTO firelane_jobs (id, name, queue, priority, args, state, attempt,
                  max_attempts, retry_delays, timeout_ms, created_at, state_at, due_at, parent_id,
-                 continue_on, reason, finished_at, trace_context)
+                 continue_on, reason, finished_at, trace_context, initial_state, initial_reason,
+                 queue_seq)
              SELECT id, name, queue, priority, args, state, 0, max, delays, timeout, ?2, ?2,
-                    due, parent, cont, reason, fin, trace
+                    due, parent, cont, reason, fin, trace, state, reason,
+                    CASE WHEN state = 'enqueued' THEN ",
+    last_place!(),
+    " + ord END
              FROM temp.firelane_incoming ORDER BY ord;
-         INSERT INTO firelane_queue (queue, priority, name, job_id)
-             SELECT queue, priority, name, id FROM temp.firelane_incoming
-             WHERE state = 'enqueued' ORDER BY ord;
-         INSERT INTO firelane_history (job_id, state, at, reason, attempt)
-             SELECT id, state, ?2, reason, 0 FROM temp.firelane_incoming ORDER BY ord;
+         INSERT INTO firelane_queue (queue, priority, seq, name, job_id)
+             SELECT queue, priority, ",
+    last_place!(),
+    " + ord, name, id FROM temp.firelane_incoming
+             WHERE state = 'enqueued';
+         ",
+    take_places!("(SELECT MAX(ord) FROM temp.firelane_incoming)"),
+    ";
          ",
     add_counters!("?3")
 );
@@ -127,7 +172,8 @@ pub(crate) const ENQUEUE: &str = concat!(
 /// One fetch from one queue in one round trip. `?1` queue, `?2` limit, `?3` now, `?4` server,
 /// `?5` lease end, `?6` a JSON array of job names or NULL for any. The queue rows taken go
 /// through the scratch table `temp.firelane_fetched` in fetch order; each job gets a random lease,
-/// its attempt goes up by one; history rows and counters are written; the last statement
+/// its attempt goes up by one, its row keeps the attempt's start (no history row: the
+/// attempt's row is written when it ends); counters are written; the last statement
 /// returns the leased jobs as one row, a JSON array of arrays (rows cost a hop between threads
 /// each), each with its position in fetch order (a queue row whose job is not enqueued, which
 /// should not exist, is dropped from the queue and comes back with NULL job columns).
@@ -135,26 +181,23 @@ macro_rules! fetch_one_queue {
     ($filter:literal) => {
         concat!(
             "CREATE TEMP TABLE IF NOT EXISTS firelane_fetched (
-                 ord INTEGER PRIMARY KEY, seq INTEGER NOT NULL, job_id BLOB NOT NULL,
-                 lease BLOB NOT NULL, enqueued_at INTEGER);
+                 ord INTEGER PRIMARY KEY, priority INTEGER NOT NULL, seq INTEGER NOT NULL,
+                 job_id BLOB NOT NULL, lease BLOB NOT NULL, enqueued_at INTEGER);
              DELETE FROM temp.firelane_fetched;
-             INSERT INTO temp.firelane_fetched (seq, job_id, lease, enqueued_at)
-                 SELECT q.seq, q.job_id, randomblob(16),
+             INSERT INTO temp.firelane_fetched (priority, seq, job_id, lease, enqueued_at)
+                 SELECT q.priority, q.seq, q.job_id, randomblob(16),
                         (SELECT j.state_at FROM firelane_jobs AS j WHERE j.id = q.job_id)
                  FROM firelane_queue AS q
                  WHERE q.queue = ?1 AND NOT EXISTS (SELECT 1 FROM firelane_paused_queues WHERE queue = ?1) ",
             $filter,
             " ORDER BY q.priority DESC, q.seq LIMIT ?2;
-             DELETE FROM firelane_queue WHERE seq IN (SELECT seq FROM temp.firelane_fetched);
+             DELETE FROM firelane_queue WHERE queue = ?1
+                 AND (priority, seq) IN (SELECT priority, seq FROM temp.firelane_fetched);
              UPDATE firelane_jobs SET state = 'processing', attempt = attempt + 1, state_at = ?3,
                      lease_id = f.lease, lease_server = ?4, lease_until = ?5, due_at = NULL,
-                     reason = NULL
+                     reason = NULL, started_at = ?3, started_by = ?4, queue_seq = NULL
                  FROM temp.firelane_fetched AS f
                  WHERE firelane_jobs.id = f.job_id AND +firelane_jobs.state = 'enqueued';
-             INSERT INTO firelane_history (job_id, state, at, server, attempt)
-                 SELECT j.id, 'processing', ?3, ?4, j.attempt
-                 FROM temp.firelane_fetched AS f JOIN firelane_jobs AS j ON j.id = f.job_id AND j.lease_id = f.lease
-                 ORDER BY f.ord;
              INSERT INTO firelane_counters (key, n)
                  SELECT key, n FROM (
                      SELECT 'state:processing' AS key, COUNT(*) AS n
@@ -208,8 +251,10 @@ pub(crate) const COMPLETE_SUCCEEDED: &str = "CREATE TEMP TABLE IF NOT EXISTS fir
                  lease_server = NULL, lease_until = NULL, finished_at = d.at, reason = NULL
              FROM temp.firelane_done AS d
              WHERE d.ok = 1 AND firelane_jobs.id = d.id;
-         INSERT INTO firelane_history (job_id, state, at, server, attempt, duration_us)
-             SELECT d.id, 'succeeded', d.at, d.server, j.attempt, d.dur
+         INSERT INTO firelane_history (job_id, state, at, server, attempt, duration_us,
+                 started_at, started_by, started_attempt)
+             SELECT d.id, 'succeeded', d.at, d.server, j.attempt, d.dur, j.started_at,
+                    j.started_by, CASE WHEN j.started_at IS NOT NULL THEN j.attempt END
              FROM temp.firelane_done AS d JOIN firelane_jobs AS j ON j.id = d.id
              WHERE d.ok = 1 ORDER BY d.ord;
          INSERT INTO firelane_counters (key, n)
@@ -401,8 +446,9 @@ mod tests {
             .map_err(|e| format!("{e:?}"))?;
         // The scratch tables some texts create for themselves.
         sqlx::raw_sql(
-            "CREATE TEMP TABLE firelane_fetched (ord INTEGER PRIMARY KEY, seq INTEGER NOT NULL,
-                 job_id BLOB NOT NULL, lease BLOB NOT NULL, enqueued_at INTEGER);
+            "CREATE TEMP TABLE firelane_fetched (ord INTEGER PRIMARY KEY,
+                 priority INTEGER NOT NULL, seq INTEGER NOT NULL, job_id BLOB NOT NULL,
+                 lease BLOB NOT NULL, enqueued_at INTEGER);
              CREATE TEMP TABLE firelane_incoming (ord INTEGER PRIMARY KEY, id BLOB NOT NULL,
                  name TEXT NOT NULL, queue TEXT NOT NULL, priority INTEGER NOT NULL,
                  args TEXT NOT NULL, state TEXT NOT NULL, max INTEGER NOT NULL, delays TEXT,
@@ -439,7 +485,9 @@ mod tests {
                     "SCAN temp.firelane_incoming",
                     "SCAN d",
                 ];
-                let allowed = line.contains("VIRTUAL TABLE")
+                // A SELECT without FROM reads its one constant row.
+                let allowed = line == "SCAN CONSTANT ROW"
+                    || line.contains("VIRTUAL TABLE")
                     || line.starts_with("SCAN (subquery")
                     || scratch
                         .iter()

@@ -283,7 +283,7 @@ async fn a_failing_operation_alone_in_its_batch_is_rolled_back() {
         .unwrap_err();
     assert!(matches!(err, Error::JobNotFound(_)), "{err:?}");
     assert_eq!(storage.stats().await.unwrap().count(JobState::Enqueued), 0);
-    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM firelane_history")
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM firelane_jobs")
         .fetch_one(storage.pool())
         .await
         .unwrap();
@@ -310,7 +310,7 @@ async fn stores_opening_one_new_file_at_once_create_the_schema_once() {
         .fetch_one(stores[0].pool())
         .await
         .unwrap();
-    assert_eq!(applied, 5, "one row per migration, each applied once");
+    assert_eq!(applied, 6, "one row per migration, each applied once");
     stores[1]
         .enqueue(vec![job("default")], Utc::now())
         .await

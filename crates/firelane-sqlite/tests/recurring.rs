@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use firelane_core::chrono::{DateTime, Duration as ChronoDuration, Utc};
 use firelane_core::{
-    CronSchedule, JobQuery, JobState, JobTemplate, Misfire, NewJob, RecurringDef, Storage,
-    plan_firing,
+    CronSchedule, FetchRequest, JobQuery, JobState, JobTemplate, Misfire, NewJob, RecurringDef,
+    ServerId, Storage, plan_firing,
 };
 use firelane_sqlite::SqliteStorage;
 
@@ -102,10 +102,21 @@ async fn a_version_1_database_gets_the_recurring_table() {
          DROP TABLE firelane_paused_queues; DROP INDEX firelane_jobs_retries;
          DROP INDEX firelane_jobs_scheduled; DROP INDEX firelane_jobs_processing;
          DROP INDEX firelane_jobs_finished; DROP INDEX firelane_jobs_parent;
-         DROP INDEX firelane_jobs_state; DROP INDEX firelane_queue_fetch;
-         DROP INDEX firelane_queue_job; DROP INDEX firelane_history_job;
+         DROP INDEX firelane_jobs_state; DROP INDEX firelane_history_job;
+         CREATE TABLE queue (seq INTEGER PRIMARY KEY, queue TEXT NOT NULL,
+             priority INTEGER NOT NULL, name TEXT NOT NULL, job_id BLOB NOT NULL);
+         INSERT INTO queue SELECT seq, queue, priority, name, job_id FROM firelane_queue;
+         DROP TABLE firelane_queue;
+         ALTER TABLE firelane_jobs DROP COLUMN queue_seq;
+         ALTER TABLE firelane_jobs DROP COLUMN started_by;
+         ALTER TABLE firelane_jobs DROP COLUMN started_at;
+         ALTER TABLE firelane_jobs DROP COLUMN initial_reason;
+         ALTER TABLE firelane_jobs DROP COLUMN initial_state;
          ALTER TABLE firelane_jobs DROP COLUMN trace_context;
-         ALTER TABLE firelane_jobs RENAME TO jobs; ALTER TABLE firelane_queue RENAME TO queue;
+         ALTER TABLE firelane_history DROP COLUMN started_attempt;
+         ALTER TABLE firelane_history DROP COLUMN started_by;
+         ALTER TABLE firelane_history DROP COLUMN started_at;
+         ALTER TABLE firelane_jobs RENAME TO jobs;
          ALTER TABLE firelane_history RENAME TO history;
          ALTER TABLE firelane_servers RENAME TO servers;
          CREATE INDEX jobs_scheduled ON jobs (due_at, id) WHERE state = 'scheduled';
@@ -130,7 +141,7 @@ async fn a_version_1_database_gets_the_recurring_table() {
             .fetch_all(store.pool())
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
     // Version 3's counters start from the rows the database has.
     assert_eq!(
         store.stats().await.unwrap().count(JobState::Enqueued),
@@ -141,6 +152,18 @@ async fn a_version_1_database_gets_the_recurring_table() {
         store.job(id).await.unwrap().unwrap().job.state,
         JobState::Enqueued
     );
+    // Version 6 moved the queue rows into its new table: a fetch finds the job.
+    let fetched = store
+        .fetch(FetchRequest::new(
+            ServerId::from_string("s".into()),
+            vec!["default".into()],
+            10,
+            now,
+            std::time::Duration::from_secs(60),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(fetched.iter().map(|f| f.id).collect::<Vec<_>>(), [id]);
     assert!(store.list_recurring().await.unwrap().is_empty());
     let next = CronSchedule::parse("0 3 * * *", "UTC")
         .unwrap()
