@@ -568,6 +568,13 @@ mod tests {
             .bind(vec![3u8; 16])
             .execute(&mut conn)
             .await?;
+        // Before version 6 every state a job entered was a history row, its first one too.
+        sqlx::query(
+            "INSERT INTO history (job_id, state, at, attempt) VALUES (?, 'enqueued', 0, 0)",
+        )
+        .bind(vec![3u8; 16])
+        .execute(&mut conn)
+        .await?;
 
         let applied = migrate(&mut conn, false)
             .await
@@ -587,6 +594,20 @@ mod tests {
         ]
         .map(|(k, n)| (k.to_owned(), n));
         assert_eq!(counters, expected);
+        // The enqueued job keeps its place (version 6), and its history reads as it was.
+        let place: Option<i64> =
+            sqlx::query_scalar("SELECT queue_seq FROM firelane_jobs WHERE id = ?")
+                .bind(vec![3u8; 16])
+                .fetch_one(&mut conn)
+                .await?;
+        assert_eq!(place, Some(1));
+        let id = firelane_core::JobId::from_uuid(uuid::Uuid::from_bytes([3; 16]));
+        let details = crate::reads::job(&mut conn, id)
+            .await
+            .map_err(|e| format!("{e:?}"))?
+            .ok_or("job 3 is gone")?;
+        let states: Vec<_> = details.history.iter().map(|h| h.state).collect();
+        assert_eq!(states, [firelane_core::JobState::Enqueued]);
         let recurring: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM firelane_recurring")
             .fetch_one(&mut conn)
             .await?;
