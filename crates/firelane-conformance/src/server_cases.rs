@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{Timelike, Utc};
 use firelane::storage::FetchRequest;
 use firelane::{
     CancelReason, Client, ContinueOn, Error, Job, JobContext, JobError, JobId, JobOptions,
@@ -1198,12 +1198,15 @@ pub async fn recurring_misfire_policies(store: Arc<dyn Storage>) {
     // As if every server had been down for five hours: the hourly job waited since then.
     let five_hours_ago = now - chrono::Duration::hours(5);
     let args = test_job_args(&Act::Succeed("missed".into()));
+    // Hourly, half an hour away from now: the latest occurrence is never within the grace
+    // period (a minute), in which it would count as on time rather than missed.
+    let hourly = format!("{} * * * *", (now.minute() + 30) % 60);
     for (id, misfire) in [
         ("once", firelane::Misfire::FireOnce),
         ("skip", firelane::Misfire::Skip),
         ("each", firelane::Misfire::FireEach { max: 3 }),
     ] {
-        let mut def = recurring_def(id, "0 * * * *", NewJob::new(TestJob::NAME, args.clone()));
+        let mut def = recurring_def(id, &hourly, NewJob::new(TestJob::NAME, args.clone()));
         def.misfire = misfire;
         store
             .upsert_recurring(def, Some(five_hours_ago), now)
