@@ -124,8 +124,9 @@ pub(crate) async fn list_jobs(
     let mut binds: Vec<Bind> = Vec::new();
     // Each state filter names its index: without statistics SQLite prefers
     // `firelane_jobs_state (state, id)` for the retries, which reads every scheduled job newer
-    // than the oldest retry; and the state index leaves processing jobs out, so other states
-    // add the literal term that lets SQLite use it.
+    // than the oldest retry; and the state index holds only some states, so those add the
+    // literal term of its condition that lets SQLite use it. Enqueued and succeeded jobs (the
+    // hot path's, left out of every state index) are read newest first through the key.
     let (source, mut filters) = if query.retries {
         (
             "firelane_jobs INDEXED BY firelane_jobs_retries",
@@ -138,10 +139,15 @@ pub(crate) async fn list_jobs(
         )
     } else if let Some(s) = query.state {
         binds.push(Bind::Text(s.as_str().to_owned()));
-        (
-            "firelane_jobs INDEXED BY firelane_jobs_state",
-            " AND state = ? AND state <> 'processing'".to_owned(),
-        )
+        if matches!(s, JobState::Enqueued | JobState::Succeeded) {
+            ("firelane_jobs", " AND state = ?".to_owned())
+        } else {
+            (
+                "firelane_jobs INDEXED BY firelane_jobs_state",
+                " AND state = ? AND state IN ('scheduled', 'awaiting', 'failed', 'deleted')"
+                    .to_owned(),
+            )
+        }
     } else {
         ("firelane_jobs", String::new())
     };

@@ -232,11 +232,60 @@ CREATE INDEX firelane_jobs_state ON firelane_jobs (state, id) WHERE state <> 'pr
 -- The first history entry lives in the job's row, and an attempt is one history row written
 -- when it ends, with its start (kept in the job's row while it runs): one history row per
 -- attempt instead of one per state. Rows written before keep their entries as they were.
-ALTER TABLE firelane_jobs ADD COLUMN initial_state TEXT;
-ALTER TABLE firelane_jobs ADD COLUMN initial_reason TEXT;
-ALTER TABLE firelane_jobs ADD COLUMN started_at INTEGER;
-ALTER TABLE firelane_jobs ADD COLUMN started_by TEXT;
-ALTER TABLE firelane_jobs ADD COLUMN queue_seq INTEGER;
+-- The jobs table becomes WITHOUT ROWID, keyed by id (ids are UUIDv7: new rows go to the end):
+-- one B-tree per row instead of a table and its key index. The state index keeps only the
+-- states no other index or table lists (the hot path's enqueued, processing and succeeded jobs
+-- are left out of it: fewer index writes per job).
+CREATE TABLE firelane_jobs_v6 (
+    id           BLOB PRIMARY KEY NOT NULL,
+    name         TEXT NOT NULL,
+    queue        TEXT NOT NULL,
+    priority     INTEGER NOT NULL,
+    args         TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    attempt      INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    retry_delays TEXT,
+    timeout_ms   INTEGER,
+    created_at   INTEGER NOT NULL,
+    state_at     INTEGER NOT NULL,
+    due_at       INTEGER,
+    parent_id    BLOB,
+    continue_on  TEXT,
+    lease_id     BLOB,
+    lease_server TEXT,
+    lease_until  INTEGER,
+    reason       TEXT,
+    last_error   TEXT,
+    finished_at  INTEGER,
+    trace_context TEXT,
+    initial_state TEXT,
+    initial_reason TEXT,
+    started_at   INTEGER,
+    started_by   TEXT,
+    queue_seq    INTEGER
+) WITHOUT ROWID;
+INSERT INTO firelane_jobs_v6 (id, name, queue, priority, args, state, attempt, max_attempts,
+        retry_delays, timeout_ms, created_at, state_at, due_at, parent_id, continue_on,
+        lease_id, lease_server, lease_until, reason, last_error, finished_at, trace_context,
+        queue_seq)
+    SELECT j.id, j.name, j.queue, j.priority, j.args, j.state, j.attempt, j.max_attempts,
+        j.retry_delays, j.timeout_ms, j.created_at, j.state_at, j.due_at, j.parent_id,
+        j.continue_on, j.lease_id, j.lease_server, j.lease_until, j.reason, j.last_error,
+        j.finished_at, j.trace_context, q.seq
+    FROM firelane_jobs AS j LEFT JOIN firelane_queue AS q ON q.job_id = j.id;
+DROP TABLE firelane_jobs;
+ALTER TABLE firelane_jobs_v6 RENAME TO firelane_jobs;
+CREATE INDEX firelane_jobs_scheduled ON firelane_jobs (due_at, id) WHERE state = 'scheduled';
+CREATE INDEX firelane_jobs_processing ON firelane_jobs (lease_until, id)
+    WHERE state = 'processing';
+CREATE INDEX firelane_jobs_finished ON firelane_jobs (state, finished_at)
+    WHERE finished_at IS NOT NULL;
+CREATE INDEX firelane_jobs_parent ON firelane_jobs (parent_id, state)
+    WHERE parent_id IS NOT NULL;
+CREATE INDEX firelane_jobs_state ON firelane_jobs (state, id)
+    WHERE state IN ('scheduled', 'awaiting', 'failed', 'deleted');
+CREATE INDEX firelane_jobs_retries ON firelane_jobs (id) WHERE state = 'scheduled' AND attempt > 0;
 ALTER TABLE firelane_history ADD COLUMN started_at INTEGER;
 ALTER TABLE firelane_history ADD COLUMN started_by TEXT;
 ALTER TABLE firelane_history ADD COLUMN started_attempt INTEGER;
@@ -253,7 +302,6 @@ CREATE TABLE firelane_queue_v6 (
 ) WITHOUT ROWID;
 INSERT INTO firelane_queue_v6 (queue, priority, seq, name, job_id)
     SELECT queue, priority, seq, name, job_id FROM firelane_queue;
-UPDATE firelane_jobs SET queue_seq = q.seq FROM firelane_queue AS q WHERE q.job_id = firelane_jobs.id;
 INSERT INTO firelane_counters (key, n) SELECT 'seq:queue', COALESCE(MAX(seq), 0) FROM firelane_queue;
 DROP TABLE firelane_queue;
 ALTER TABLE firelane_queue_v6 RENAME TO firelane_queue;
@@ -301,7 +349,7 @@ CREATE TABLE firelane_jobs (
     started_at   INTEGER,
     started_by   TEXT,
     queue_seq    INTEGER
-);
+) WITHOUT ROWID;
 CREATE INDEX firelane_jobs_scheduled ON firelane_jobs (due_at, id) WHERE state = 'scheduled';
 CREATE INDEX firelane_jobs_processing ON firelane_jobs (lease_until, id)
     WHERE state = 'processing';
@@ -309,8 +357,11 @@ CREATE INDEX firelane_jobs_finished ON firelane_jobs (state, finished_at)
     WHERE finished_at IS NOT NULL;
 CREATE INDEX firelane_jobs_parent ON firelane_jobs (parent_id, state)
     WHERE parent_id IS NOT NULL;
--- For the monitoring lists; processing jobs are listed through firelane_jobs_processing.
-CREATE INDEX firelane_jobs_state ON firelane_jobs (state, id) WHERE state <> 'processing';
+-- For the monitoring lists of the states no other index lists: processing jobs are listed
+-- through firelane_jobs_processing, and enqueued and succeeded ones, the hot path's, through
+-- the key (newest first, the order of the lists), so that no job on the hot path writes here.
+CREATE INDEX firelane_jobs_state ON firelane_jobs (state, id)
+    WHERE state IN ('scheduled', 'awaiting', 'failed', 'deleted');
 -- Scheduled jobs waiting for a retry, newest first, for the retries list.
 CREATE INDEX firelane_jobs_retries ON firelane_jobs (id) WHERE state = 'scheduled' AND attempt > 0;
 
