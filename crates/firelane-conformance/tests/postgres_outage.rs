@@ -193,7 +193,8 @@ async fn an_outage_mid_run_loses_nothing_and_enqueues_fail_fast() {
     }
     let q = |sql: &str| {
         sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(
-            sql.replace("S.", &format!("\"{schema}\".")),
+            sql.replace("S.history", postgres_support::HISTORY)
+                .replace("S.", &format!("\"{schema}\".")),
         ))
     };
     assert_eq!(

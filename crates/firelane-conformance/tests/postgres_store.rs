@@ -197,7 +197,8 @@ async fn back_to_version_1(c: &mut sqlx::PgConnection, schema: &str) {
     exec(
         c,
         &format!(
-            "ALTER TABLE \"{schema}\".jobs DROP COLUMN trace_context;
+            "ALTER TABLE \"{schema}\".jobs DROP COLUMN trace_context, DROP COLUMN ended_by,
+                 DROP COLUMN ended_us;
              DELETE FROM \"{schema}\".firelane_schema WHERE version > 1"
         ),
     )

@@ -12,14 +12,16 @@ use sqlx::{AssertSqlSafe, PgConnection, Row};
 use uuid::Uuid;
 
 use crate::codec::{
-    JOB_COLUMNS, OpResult, RECURRING_COLUMNS, count_u32, count_u64, history_entry, int, job_record,
-    recurring_record, state, t,
+    JOB_COLUMNS, OpResult, RECURRING_COLUMNS, count_u32, count_u64, duration_us, history_entry,
+    int, job_record, recurring_record, state, t,
 };
 use crate::ops::Ctx;
 
 /// [`firelane_core::Storage::job`]. The history is put together from the job's first entry
 /// (kept in its row), one row per later state change, where a row that ends an attempt also
-/// holds the attempt's start, and the start of the running attempt (in the job's row).
+/// holds the attempt's start, the end of a successful last attempt (kept in the job's row:
+/// `ended_by`, `ended_us`, with the row's state, time, reason and attempt) and the start of the
+/// running attempt (in the job's row).
 pub(crate) async fn job(
     conn: &mut PgConnection,
     ctx: &Ctx,
@@ -28,7 +30,8 @@ pub(crate) async fn job(
     let s = &ctx.sql.schema;
     let key = *id.as_uuid();
     let Some(row) = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {JOB_COLUMNS}, initial_state, initial_reason, started_at, started_by
+        "SELECT {JOB_COLUMNS}, initial_state, initial_reason, started_at, started_by, ended_by,
+                ended_us
          FROM {s}.jobs WHERE id = $1"
     )))
     .bind(key)
@@ -69,6 +72,18 @@ pub(crate) async fn job(
             h.try_get("started_attempt")?,
         ));
         history.push(history_entry(&h)?);
+    }
+    if let Some(server) = row.try_get::<Option<String>, _>("ended_by")? {
+        history.extend(started(
+            row.try_get("started_at")?,
+            row.try_get("started_by")?,
+            Some(int(record.attempt)),
+        ));
+        let mut end = HistoryEntry::new(record.state, record.state_at, record.attempt);
+        end.reason = record.reason.clone();
+        end.server = Some(ServerId::from_string(server));
+        end.duration = row.try_get::<Option<i64>, _>("ended_us")?.map(duration_us);
+        history.push(end);
     }
     if record.state == JobState::Processing {
         history.extend(started(

@@ -191,10 +191,21 @@ CREATE TABLE __S__.paused_queues (
 ALTER TABLE __S__.jobs ADD COLUMN trace_context text;
 ",
     },
+    Migration {
+        version: 3,
+        description: "a job's last attempt, when it succeeded, ends in the job's row",
+        sql: "
+-- The end of an attempt that succeeded is kept in the job's row instead of a history row: the
+-- server that ended it and how long it ran (its state, time, reason, attempt and start are the
+-- row's). Set only while the job is succeeded; the move that takes it out of that state writes
+-- the entry to `history` first. Nullable without defaults: adding them rewrites nothing.
+ALTER TABLE __S__.jobs ADD COLUMN ended_by text, ADD COLUMN ended_us bigint;
+",
+    },
 ];
 
 /// The newest schema version this build knows.
-pub(crate) const LATEST: i64 = 2;
+pub(crate) const LATEST: i64 = 3;
 
 /// The tables of the latest schema, for the privilege check.
 pub(crate) const TABLES: &[&str] = &[

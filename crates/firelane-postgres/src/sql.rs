@@ -105,8 +105,13 @@ FROM fupd f JOIN dq ON dq.job_id = f.id";
 /// The move fragment: applies moves given as arrays, each a compare-and-set on the job's state
 /// (`$M2`) and, where given, its lease (`$M3`) and lease end (`$M15`, recovery only applies to a
 /// lease that lapsed before it). A move that ends an attempt writes one history row for the
-/// whole attempt (its start, from the job's row, and its end). A move into a finished state releases the job's awaiting
-/// continuations (and theirs, recursively, when one is deleted) in the same statement. Queue
+/// whole attempt (its start, from the job's row, and its end), except a success: its end stays
+/// in the job's row (`ended_by`, `ended_us`; one history row and index entry less per job)
+/// until a later move takes the job out of `succeeded`, which writes that entry first (`prev`,
+/// read before the update: only a person's delete or requeue moves a succeeded job, and it has
+/// locked the row before this statement began). A move into a finished state releases the
+/// job's awaiting continuations (and theirs, recursively, when one is deleted) in the same
+/// statement. Queue
 /// rows, history rows, counters, hourly figures and wake-ups (`pg_notify` on channel `$M16`)
 /// follow from what moved (payloads prefixed with `$M17`, the sender's origin). Defines
 /// `moved` (the moves applied, continuations included) and `nt` (the wake-ups).
@@ -118,6 +123,13 @@ m AS (
                          $M15::timestamptz[])
         AS m(id, old_state, lease, new_state, attempt_set, attempt_delta, at, due, reason,
              reason_retry, error, server, duration_us, revoke, lapsed_before)
+),
+prev AS MATERIALIZED (
+    SELECT j.id, j.state_at, j.reason, j.ended_by, j.attempt, j.ended_us, j.started_at,
+           j.started_by
+    FROM __S__.jobs j
+    WHERE j.id = ANY (ARRAY(SELECT id FROM m WHERE old_state = 'succeeded'))
+      AND j.state = 'succeeded' AND j.ended_by IS NOT NULL
 ),
 upd AS (
     UPDATE __S__.jobs j SET state = m.new_state,
@@ -131,7 +143,11 @@ upd AS (
                       ELSE m.reason END,
         last_error = COALESCE(m.error, j.last_error),
         queue_seq = CASE WHEN m.new_state = 'enqueued' THEN nextval('__S__.queue_seq')
-                         ELSE j.queue_seq END
+                         ELSE j.queue_seq END,
+        ended_by = CASE WHEN m.old_state = 'processing' AND m.new_state = 'succeeded'
+                             AND m.error IS NULL THEN m.server END,
+        ended_us = CASE WHEN m.old_state = 'processing' AND m.new_state = 'succeeded'
+                             AND m.error IS NULL AND m.server IS NOT NULL THEN m.duration_us END
     -- In id order: rows are locked in the order they are updated, and two statements that
     -- lock the same jobs (a heartbeat, a completion) in one order cannot deadlock.
     FROM (SELECT * FROM m ORDER BY id) AS m
@@ -144,7 +160,8 @@ upd AS (
               CASE WHEN m.old_state = 'processing' THEN j.started_at END AS started_at,
               CASE WHEN m.old_state = 'processing' THEN j.started_by END AS started_by,
               CASE WHEN m.old_state = 'processing' THEN j.attempt - m.attempt_delta END
-                  AS started_attempt
+                  AS started_attempt,
+              j.ended_by IS NOT NULL AS in_row
 ),
 tree (id, new_state, at, reason) AS (
     SELECT c.id, d.decision, p.at, format('parent %s %s', p.id, p.new_state)
@@ -172,7 +189,7 @@ rel AS (
               j.state AS new_state, j.attempt, j.state_at AS at, NULL::timestamptz AS due_at,
               j.reason, NULL::text AS error, NULL::text AS server, NULL::int8 AS duration_us,
               false AS revoke, NULL::uuid AS mlease, j.queue_seq, NULL::timestamptz AS started_at,
-              NULL::text AS started_by, NULL::int4 AS started_attempt
+              NULL::text AS started_by, NULL::int4 AS started_attempt, false AS in_row
 ),
 moved AS (SELECT * FROM upd UNION ALL SELECT * FROM rel),
 dq_m AS (
@@ -187,9 +204,19 @@ iq_m AS (
 h_m AS (
     INSERT INTO __S__.history (job_id, state, at, reason, server, attempt, duration_us, error,
                                started_at, started_by, started_attempt)
-    SELECT id, new_state, at, reason, server, attempt, duration_us, error, started_at,
-           started_by, started_attempt
-    FROM moved
+    SELECT id, state, at, reason, server, attempt, duration_us, error, started_at, started_by,
+           started_attempt
+    FROM (
+        -- The success kept in the row of a job this statement takes out of it, first.
+        SELECT 0 AS k, p.id, 'succeeded' AS state, p.state_at AS at, p.reason,
+               p.ended_by AS server, p.attempt, p.ended_us AS duration_us, NULL::text AS error,
+               p.started_at, p.started_by, p.attempt AS started_attempt
+        FROM prev p WHERE p.id = ANY (ARRAY(SELECT id FROM upd WHERE old_state = 'succeeded'))
+      UNION ALL
+        SELECT 1, id, new_state, at, reason, server, attempt, duration_us, error, started_at,
+               started_by, started_attempt
+        FROM moved WHERE NOT in_row
+    ) AS e ORDER BY k
 ),
 c_m AS (
     INSERT INTO __S__.counter_deltas (key, n)

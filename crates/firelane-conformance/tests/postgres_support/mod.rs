@@ -16,6 +16,15 @@ use firelane_core::{
 use firelane_postgres::{PostgresConfig, PostgresStorage};
 use tokio::sync::broadcast;
 
+/// A job's whole history as SQL, for tests that count entries (`S.` stands for the schema):
+/// the rows of `history` and, last, the successes whose end the store keeps in the job's row
+/// (`ended_by`, see migration 3) until the job leaves `succeeded`.
+pub(crate) const HISTORY: &str = "(SELECT job_id, seq, state, at, server, reason, started_at
+        FROM S.history
+      UNION ALL
+    SELECT id, 9223372036854775807, 'succeeded', state_at, ended_by, reason, started_at
+        FROM S.jobs WHERE ended_by IS NOT NULL) AS history";
+
 /// The database the tests use: `DATABASE_URL`, or the development machine's.
 pub(crate) fn url() -> String {
     std::env::var("DATABASE_URL")
