@@ -5,6 +5,8 @@
 
 mod postgres_support;
 
+use postgres_support::done;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,17 +26,6 @@ fn request(server: &ServerId, queues: &[&str], limit: usize, now: DateTime<Utc>)
         limit,
         now,
         LEASE,
-    )
-}
-
-fn done(job: &FetchedJob, server: &ServerId, outcome: Outcome, at: DateTime<Utc>) -> Completion {
-    Completion::new(
-        job.id,
-        job.lease,
-        server.clone(),
-        outcome,
-        Duration::from_millis(3),
-        at,
     )
 }
 

@@ -6,12 +6,14 @@
 
 mod postgres_support;
 
+use postgres_support::done;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use firelane::{JobState, NewJob, Storage};
-use firelane_core::{Completion, FetchRequest, FetchedJob, Outcome, ServerId};
+use firelane_core::{FetchRequest, Outcome, ServerId};
 
 fn request(server: &ServerId, at: chrono::DateTime<Utc>) -> FetchRequest {
     FetchRequest::new(
@@ -20,22 +22,6 @@ fn request(server: &ServerId, at: chrono::DateTime<Utc>) -> FetchRequest {
         1,
         at,
         Duration::from_secs(300),
-    )
-}
-
-fn done(
-    job: &FetchedJob,
-    server: &ServerId,
-    outcome: Outcome,
-    at: chrono::DateTime<Utc>,
-) -> Completion {
-    Completion::new(
-        job.id,
-        job.lease,
-        server.clone(),
-        outcome,
-        Duration::from_millis(3),
-        at,
     )
 }
 

@@ -25,6 +25,23 @@ pub(crate) const HISTORY: &str = "(SELECT job_id, seq, state, at, server, reason
     SELECT id, 9223372036854775807, 'succeeded', state_at, ended_by, reason, started_at
         FROM S.jobs WHERE ended_by IS NOT NULL) AS history";
 
+/// The completion of a fetched job's attempt, as a server reports it (it ran 3 ms).
+pub(crate) fn done(
+    job: &FetchedJob,
+    server: &ServerId,
+    outcome: firelane_core::Outcome,
+    at: DateTime<Utc>,
+) -> Completion {
+    Completion::new(
+        job.id,
+        job.lease,
+        server.clone(),
+        outcome,
+        Duration::from_millis(3),
+        at,
+    )
+}
+
 /// The database the tests use: `DATABASE_URL`, or the development machine's.
 pub(crate) fn url() -> String {
     std::env::var("DATABASE_URL")
