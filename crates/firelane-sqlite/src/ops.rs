@@ -314,16 +314,18 @@ async fn apply_and_release(
     release(conn, signals, finished).await
 }
 
-/// One new job as [`sql::ENQUEUE`] reads it: a JSON array, in its column order.
+/// One new job as [`sql::ENQUEUE`] reads it: a JSON array of the columns every job has (id as
+/// hex, name, queue, priority, args, state, max attempts). SQLite finds an array's element by
+/// walking the ones before it, for each column of each job: short arrays are cheap.
 #[derive(serde::Serialize)]
-struct IncomingRow<'a>(
-    String,
-    &'a str,
-    &'a str,
-    i32,
-    &'a str,
-    &'static str,
-    u32,
+struct IncomingRow<'a>(String, &'a str, &'a str, i32, &'a str, &'static str, u32);
+
+/// The columns of a new job that most jobs leave empty, for the jobs that have any: its
+/// position in the batch (from 1), retry delays, timeout, due, parent as hex, continuation
+/// condition, reason, finished at, trace context.
+#[derive(serde::Serialize)]
+struct IncomingExtra<'a>(
+    usize,
     Option<String>,
     Option<i64>,
     Option<i64>,
@@ -365,6 +367,7 @@ pub(crate) async fn enqueue(
 
     let mut out = Vec::with_capacity(jobs.len());
     let mut rows = Vec::with_capacity(jobs.len());
+    let mut extras = Vec::new();
     let mut tally = Tally::default();
     for job in &jobs {
         let mut parent = None;
@@ -419,6 +422,9 @@ pub(crate) async fn enqueue(
             &job.args,
             state.as_str(),
             job.retry.max_attempts(),
+        ));
+        let extra = IncomingExtra(
+            rows.len(),
             retry_delays(&job.retry),
             job.timeout.map(ms),
             due.map(us),
@@ -427,16 +433,31 @@ pub(crate) async fn enqueue(
             reason,
             state.is_finished().then_some(us(now)),
             job.trace_context.as_deref(),
-        ));
+        );
+        let IncomingExtra(_, delays, timeout, due, parent, cont, reason, fin, trace) = &extra;
+        if delays.is_some()
+            || timeout.is_some()
+            || due.is_some()
+            || parent.is_some()
+            || cont.is_some()
+            || reason.is_some()
+            || fin.is_some()
+            || trace.is_some()
+        {
+            extras.push(extra);
+        }
         out.push(Enqueued::new(job.id, state));
     }
-    let rows = serde_json::to_string(&rows)
-        .map_err(|e| Error::Config(format!("cannot encode jobs for the store: {e}")))?;
+    let encode =
+        |e: serde_json::Error| Error::Config(format!("cannot encode jobs for the store: {e}"));
+    let rows = serde_json::to_string(&rows).map_err(encode)?;
+    let extras = serde_json::to_string(&extras).map_err(encode)?;
     padded(
         sqlx::query(sql::ENQUEUE)
             .bind(rows)
             .bind(us(now))
-            .bind(tally.counters_json()),
+            .bind(tally.counters_json())
+            .bind(extras),
     )
     .execute(&mut *conn)
     .await?;

@@ -126,13 +126,15 @@ pub(crate) const CHILDREN: &str = concat!(
 pub(crate) const PARENT_STATES: &str =
     "SELECT id, state FROM firelane_jobs WHERE id IN (SELECT unhex(value) FROM json_each(?))";
 
-/// New jobs (`?1`, a JSON array of arrays: id as hex, name, queue, priority, args, state,
-/// max attempts, retry delays, timeout, due, parent as hex, continuation condition, reason,
-/// finished at, trace context), created at `?2`, in one round trip: the array is read once
-/// into the scratch table `temp.firelane_incoming`, from which come the rows (with their first
-/// history entry) and the queue rows of the enqueued ones, at the next places in order; then
-/// the counters `?3`. (Arrays rather than objects:
-/// SQLite finds an object's field by walking its keys, for each field of each job.)
+/// New jobs, created at `?2`, in one round trip: `?1` is a JSON array of arrays of the columns
+/// every job has (id as hex, name, queue, priority, args, state, max attempts) and `?4` one of
+/// the other columns, only for the jobs that have any (position in `?1` from 1, retry delays,
+/// timeout, due, parent as hex, continuation condition, reason, finished at, trace context).
+/// They are read once into the scratch table `temp.firelane_incoming`, from which come the
+/// rows (with their first history entry) and the queue rows of the enqueued ones, at the next
+/// places in order; then the counters `?3`. (Arrays rather than objects, and two short arrays
+/// rather than one long one: SQLite finds an element by walking the ones before it, for each
+/// column of each job.)
 pub(crate) const ENQUEUE: &str = concat!(
     "CREATE TEMP TABLE IF NOT EXISTS firelane_incoming (
              ord INTEGER PRIMARY KEY, id BLOB NOT NULL, name TEXT NOT NULL, queue TEXT NOT NULL,
@@ -140,13 +142,14 @@ pub(crate) const ENQUEUE: &str = concat!(
              max INTEGER NOT NULL, delays TEXT, timeout INTEGER, due INTEGER, parent BLOB,
              cont TEXT, reason TEXT, fin INTEGER, trace TEXT);
          DELETE FROM temp.firelane_incoming;
-         INSERT INTO temp.firelane_incoming (id, name, queue, priority, args, state, max, delays,
-                 timeout, due, parent, cont, reason, fin, trace)
-             SELECT unhex(x.value ->> 0), x.value ->> 1, x.value ->> 2, x.value ->> 3,
-                    x.value ->> 4, x.value ->> 5, x.value ->> 6, x.value ->> 7, x.value ->> 8,
-                    x.value ->> 9, unhex(x.value ->> 10), x.value ->> 11, x.value ->> 12,
-                    x.value ->> 13, x.value ->> 14
-             FROM jsonb_each(?1) AS x ORDER BY x.key;
+         INSERT INTO temp.firelane_incoming (ord, id, name, queue, priority, args, state, max)
+             SELECT x.key + 1, unhex(x.value ->> 0), x.value ->> 1, x.value ->> 2,
+                    x.value ->> 3, x.value ->> 4, x.value ->> 5, x.value ->> 6
+             FROM jsonb_each(?1) AS x;
+         UPDATE temp.firelane_incoming SET delays = e.value ->> 1, timeout = e.value ->> 2,
+                 due = e.value ->> 3, parent = unhex(e.value ->> 4), cont = e.value ->> 5,
+                 reason = e.value ->> 6, fin = e.value ->> 7, trace = e.value ->> 8
+             FROM jsonb_each(?4) AS e WHERE firelane_incoming.ord = e.value ->> 0;
          INSERT INTO firelane_jobs (id, name, queue, priority, args, state, attempt,
                  max_attempts, retry_delays, timeout_ms, created_at, state_at, due_at, parent_id,
                  continue_on, reason, finished_at, trace_context, initial_state, initial_reason,
