@@ -115,10 +115,13 @@ async fn two_stores_on_one_file_never_fetch_the_same_job() {
         store.enqueue(jobs, now).await.unwrap();
     }
 
-    // Every worker starts at once, and each pauses a moment between rounds: SQLite's lock is
-    // not fair, and without the pause one store's writer can drain the queue alone, which
-    // would leave nothing contended.
+    // Every worker starts at once, and each pauses a moment between rounds. SQLite's lock is
+    // not fair: one store's writer can drain the queue alone while the other's busy handler
+    // sleeps (it did, once the store got faster). So no worker fetches a second time before
+    // every worker made its first fetch (at most 51 jobs of the 3,000 in all): both stores
+    // take part, whatever the scheduler does.
     let start = std::sync::Arc::new(tokio::sync::Barrier::new(6));
+    let first_round = std::sync::Arc::new(tokio::sync::Barrier::new(6));
     let mut workers = Vec::new();
     for (n, store) in [
         a.clone(),
@@ -132,15 +135,20 @@ async fn two_stores_on_one_file_never_fetch_the_same_job() {
     .enumerate()
     {
         let start = std::sync::Arc::clone(&start);
+        let first_round = std::sync::Arc::clone(&first_round);
         workers.push(tokio::spawn(async move {
             let server = ServerId::from_string(format!("server-{n}"));
             let mut mine = Vec::new();
+            let mut first = true;
             start.wait().await;
             loop {
                 let fetched = store
                     .fetch(fetch_request(&server, 1 + n * 3, now))
                     .await
                     .unwrap();
+                if std::mem::take(&mut first) {
+                    first_round.wait().await;
+                }
                 if fetched.is_empty() {
                     break;
                 }
@@ -169,8 +177,7 @@ async fn two_stores_on_one_file_never_fetch_the_same_job() {
         }));
     }
     // Workers alternate between the stores (even: a, odd: b). Which worker gets how many is
-    // up to the scheduler (a fast writer may drain the queue before a worker's first fetch);
-    // both stores taking part is what this test is about.
+    // up to the scheduler; both stores taking part is what this test is about.
     let mut all = Vec::new();
     let mut per_store = [0usize; 2];
     for (n, w) in workers.into_iter().enumerate() {
