@@ -261,6 +261,14 @@ impl HistoryEntry {
             error: None,
         }
     }
+
+    /// The start of an attempt (a `Processing` entry), for stores that keep it beside the
+    /// attempt's end rather than as an entry of its own.
+    pub fn attempt_started(at: DateTime<Utc>, attempt: u32, server: Option<String>) -> Self {
+        let mut entry = Self::new(JobState::Processing, at, attempt);
+        entry.server = server.map(ServerId::from_string);
+        entry
+    }
 }
 
 /// A job with its whole history and its continuations.

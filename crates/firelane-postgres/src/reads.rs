@@ -50,12 +50,7 @@ pub(crate) async fn job(
     first.reason = row.try_get("initial_reason")?;
     history.push(first);
     let started = |at: Option<DateTime<Utc>>, by: Option<String>, attempt: Option<i32>| {
-        at.map(|at| {
-            let mut e =
-                HistoryEntry::new(JobState::Processing, at, count_u32(attempt.unwrap_or(0)));
-            e.server = by.map(ServerId::from_string);
-            e
-        })
+        at.map(|at| HistoryEntry::attempt_started(at, count_u32(attempt.unwrap_or(0)), by))
     };
     for h in sqlx::query(AssertSqlSafe(format!(
         "SELECT state, at, reason, server, attempt, duration_us, error, started_at, started_by,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use firelane_core::{
     Error, HistoryEntry, HourlyStats, JobDetails, JobId, JobQuery, JobRecord, JobState, QueueStats,
-    RecurringRecord, ServerId, ServerInfo, ServerRecord, Stats,
+    RecurringRecord, ServerInfo, ServerRecord, Stats,
 };
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 
@@ -41,14 +41,14 @@ pub(crate) async fn job(conn: &mut SqliteConnection, id: JobId) -> OpResult<Opti
         history.push(entry);
     }
     let started = |at: Option<i64>, by: Option<String>, attempt: Option<i64>| -> OpResult<_> {
-        let Some(at) = at else { return Ok(None) };
-        let mut entry = HistoryEntry::new(
-            JobState::Processing,
-            time(at)?,
-            count_u32(attempt.unwrap_or(0)),
-        );
-        entry.server = by.map(ServerId::from_string);
-        Ok(Some(entry))
+        at.map(|at| {
+            Ok(HistoryEntry::attempt_started(
+                time(at)?,
+                count_u32(attempt.unwrap_or(0)),
+                by,
+            ))
+        })
+        .transpose()
     };
     for h in sqlx::query(
         "SELECT state, at, reason, server, attempt, duration_us, error, started_at, started_by,
