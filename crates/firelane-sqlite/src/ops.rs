@@ -336,6 +336,21 @@ struct IncomingExtra<'a>(
     Option<&'a str>,
 );
 
+impl IncomingExtra<'_> {
+    /// Whether the job leaves every one of these columns empty (and so needs no element).
+    fn is_empty(&self) -> bool {
+        let IncomingExtra(_, delays, timeout, due, parent, cont, reason, fin, trace) = self;
+        delays.is_none()
+            && timeout.is_none()
+            && due.is_none()
+            && parent.is_none()
+            && cont.is_none()
+            && reason.is_none()
+            && fin.is_none()
+            && trace.is_none()
+    }
+}
+
 /// [`firelane_core::Storage::enqueue`].
 pub(crate) async fn enqueue(
     conn: &mut SqliteConnection,
@@ -434,16 +449,7 @@ pub(crate) async fn enqueue(
             state.is_finished().then_some(us(now)),
             job.trace_context.as_deref(),
         );
-        let IncomingExtra(_, delays, timeout, due, parent, cont, reason, fin, trace) = &extra;
-        if delays.is_some()
-            || timeout.is_some()
-            || due.is_some()
-            || parent.is_some()
-            || cont.is_some()
-            || reason.is_some()
-            || fin.is_some()
-            || trace.is_some()
-        {
+        if !extra.is_empty() {
             extras.push(extra);
         }
         out.push(Enqueued::new(job.id, state));
