@@ -174,55 +174,57 @@ pub(crate) const ENQUEUE: &str = concat!(
 
 /// One fetch from one queue in one round trip. (`LIMIT (SELECT ?2)`, not `LIMIT ?2`: SQLite
 /// plans with a bare limit parameter's value, so each new binding of it made the statement be
-/// prepared again, on every fetch: 6 % of the writer's time.) `?1` queue, `?2` limit, `?3` now, `?4` server,
-/// `?5` lease end, `?6` a JSON array of job names or NULL for any. The queue rows taken go
-/// through the scratch table `temp.firelane_fetched` in fetch order; each job gets a random lease,
-/// its attempt goes up by one, its row keeps the attempt's start (no history row: the
-/// attempt's row is written when it ends); counters are written; the last statement
-/// returns the leased jobs as one row, a JSON array of arrays (rows cost a hop between threads
-/// each), each with its position in fetch order (a queue row whose job is not enqueued, which
-/// should not exist, is dropped from the queue and comes back with NULL job columns).
+/// prepared again, on every fetch: 6 % of the writer's time.) `?1` queue, `?2` limit, `?3`
+/// now, `?4` server, `?5` lease end, `?6` a JSON array of job names or NULL for any.
+///
+/// The queue rows taken go through the scratch table `temp.firelane_fetched` in fetch order,
+/// each with its job's columns, read in the same step (each job row is looked up once to read
+/// and once to update: no later statement joins `jobs` again). `ok` says whether the job is
+/// enqueued, as it must be; a queue row whose job is not (which should not exist) is dropped
+/// from the queue and answered as not leased. A second queue row of the same job (which
+/// should not exist either) is left alone by the unique `job_id`, so no job gets two leases.
+/// Each leased job gets a random lease, its attempt goes up by one, its row keeps the
+/// attempt's start (no history row: the attempt's row is written when it ends); counters are
+/// written; the last statement returns the rows as one row, a JSON array of arrays (rows cost
+/// a hop between threads each).
 macro_rules! fetch_one_queue {
     ($filter:literal) => {
         concat!(
             "CREATE TEMP TABLE IF NOT EXISTS firelane_fetched (
                  ord INTEGER PRIMARY KEY, priority INTEGER NOT NULL, seq INTEGER NOT NULL,
-                 job_id BLOB NOT NULL, lease BLOB NOT NULL, enqueued_at INTEGER);
+                 job_id BLOB NOT NULL UNIQUE, lease BLOB NOT NULL, ok INTEGER NOT NULL,
+                 name TEXT, queue TEXT, args TEXT, attempt INTEGER, max INTEGER, delays TEXT,
+                 timeout INTEGER, created INTEGER, enqueued INTEGER, trace TEXT);
              DELETE FROM temp.firelane_fetched;
-             INSERT INTO temp.firelane_fetched (priority, seq, job_id, lease, enqueued_at)
-                 SELECT q.priority, q.seq, q.job_id, randomblob(16),
-                        (SELECT j.state_at FROM firelane_jobs AS j WHERE j.id = q.job_id)
-                 FROM firelane_queue AS q
+             INSERT OR IGNORE INTO temp.firelane_fetched (priority, seq, job_id, lease, ok, name,
+                     queue, args, attempt, max, delays, timeout, created, enqueued, trace)
+                 SELECT q.priority, q.seq, q.job_id, randomblob(16), j.state IS 'enqueued',
+                        j.name, j.queue, j.args, j.attempt + 1, j.max_attempts, j.retry_delays,
+                        j.timeout_ms, j.created_at, j.state_at, j.trace_context
+                 FROM firelane_queue AS q LEFT JOIN firelane_jobs AS j ON j.id = q.job_id
                  WHERE q.queue = ?1 AND NOT EXISTS (SELECT 1 FROM firelane_paused_queues WHERE queue = ?1) ",
             $filter,
             " ORDER BY q.priority DESC, q.seq LIMIT (SELECT ?2);
              DELETE FROM firelane_queue WHERE queue = ?1
                  AND (priority, seq) IN (SELECT priority, seq FROM temp.firelane_fetched);
-             UPDATE firelane_jobs SET state = 'processing', attempt = attempt + 1, state_at = ?3,
+             UPDATE firelane_jobs SET state = 'processing', attempt = firelane_jobs.attempt + 1, state_at = ?3,
                      lease_id = f.lease, lease_server = ?4, lease_until = ?5, due_at = NULL,
                      reason = NULL, started_at = ?3, started_by = ?4, queue_seq = NULL
                  FROM temp.firelane_fetched AS f
-                 WHERE firelane_jobs.id = f.job_id AND +firelane_jobs.state = 'enqueued';
+                 WHERE f.ok AND firelane_jobs.id = f.job_id AND +firelane_jobs.state = 'enqueued';
              INSERT INTO firelane_counters (key, n)
                  SELECT key, n FROM (
-                     SELECT 'state:processing' AS key, COUNT(*) AS n
-                         FROM temp.firelane_fetched AS f JOIN firelane_jobs AS j
-                         ON j.id = f.job_id AND j.lease_id = f.lease
+                     SELECT 'state:processing' AS key, SUM(ok) AS n FROM temp.firelane_fetched
                      UNION ALL
-                     SELECT 'state:enqueued', -COUNT(*)
-                         FROM temp.firelane_fetched AS f JOIN firelane_jobs AS j
-                         ON j.id = f.job_id AND j.lease_id = f.lease
+                     SELECT 'state:enqueued', -SUM(ok) FROM temp.firelane_fetched
                      UNION ALL
                      SELECT 'queue:' || ?1, -COUNT(*) FROM temp.firelane_fetched)
                  WHERE n <> 0
                  ON CONFLICT (key) DO UPDATE SET n = n + excluded.n;
-             SELECT json_group_array(json_array(f.ord, hex(f.job_id), hex(f.lease),
-                        json(CASE WHEN j.id IS NULL THEN 'false' ELSE 'true' END),
-                        j.name, j.queue, j.priority, j.args, j.attempt, j.max_attempts,
-                        j.retry_delays, j.timeout_ms, j.created_at, f.enqueued_at,
-                        j.trace_context)) AS jobs
-                 FROM temp.firelane_fetched AS f LEFT JOIN firelane_jobs AS j
-                 ON j.id = f.job_id AND j.lease_id = f.lease"
+             SELECT json_group_array(json_array(ord, hex(job_id), hex(lease),
+                        json(CASE WHEN ok THEN 'true' ELSE 'false' END), name, queue, priority,
+                        args, attempt, max, delays, timeout, created, enqueued, trace)) AS jobs
+                 FROM temp.firelane_fetched"
         )
     };
 }
@@ -236,32 +238,38 @@ pub(crate) const FETCH_QUEUE_NAMED: &str =
 
 /// Records successful attempts in one round trip, for a batch in which every completion is a
 /// success and no job appears twice. `?1` is a JSON array of `[id, lease, server, at, dur]`
-/// (ids as hex).
+/// (ids as hex), read once (`MATERIALIZED`: otherwise SQLite reads the JSON again for the
+/// join) into the scratch table `temp.firelane_done` together with what the history row needs
+/// from the job, in one lookup of each job.
 /// A completion applies only while its job is processing under its lease. The last statement
 /// answers only the exceptions, by position (`ord`, from 1): a stale completion (`ok` 0), or
 /// an applied one whose job continuations await (`ok` 1; they are released by the general
 /// code). Every row sent back costs a hop between threads, so the usual answer is no row.
 pub(crate) const COMPLETE_SUCCEEDED: &str = "CREATE TEMP TABLE IF NOT EXISTS firelane_done (
              ord INTEGER PRIMARY KEY, id BLOB NOT NULL, lease BLOB NOT NULL, server TEXT,
-             at INTEGER NOT NULL, dur INTEGER, ok INTEGER NOT NULL DEFAULT 0);
+             at INTEGER NOT NULL, dur INTEGER, ok INTEGER NOT NULL, attempt INTEGER,
+             started_at INTEGER, started_by TEXT);
          DELETE FROM temp.firelane_done;
-         INSERT INTO temp.firelane_done (id, lease, server, at, dur)
-             SELECT unhex(x.value ->> 0), unhex(x.value ->> 1), x.value ->> 2, x.value ->> 3,
-                    x.value ->> 4
-             FROM jsonb_each(?1) AS x ORDER BY x.key;
-         UPDATE temp.firelane_done SET ok = 1
-             WHERE EXISTS (SELECT 1 FROM firelane_jobs AS j WHERE j.id = firelane_done.id
-                           AND +j.state = 'processing' AND j.lease_id = firelane_done.lease);
+         INSERT INTO temp.firelane_done (ord, id, lease, server, at, dur, ok, attempt,
+                 started_at, started_by)
+             WITH given AS MATERIALIZED (
+                 SELECT x.key AS k, unhex(x.value ->> 0) AS id, unhex(x.value ->> 1) AS lease,
+                        x.value ->> 2 AS server, x.value ->> 3 AS at, x.value ->> 4 AS dur
+                 FROM jsonb_each(?1) AS x)
+             SELECT x.k + 1, x.id, x.lease, x.server, x.at, x.dur, j.id IS NOT NULL,
+                    j.attempt, j.started_at, j.started_by
+             FROM given AS x
+             LEFT JOIN firelane_jobs AS j
+                 ON j.id = x.id AND +j.state = 'processing' AND j.lease_id = x.lease;
          UPDATE firelane_jobs SET state = 'succeeded', state_at = d.at, lease_id = NULL,
                  lease_server = NULL, lease_until = NULL, finished_at = d.at, reason = NULL
              FROM temp.firelane_done AS d
-             WHERE d.ok = 1 AND firelane_jobs.id = d.id;
+             WHERE d.ok AND firelane_jobs.id = d.id;
          INSERT INTO firelane_history (job_id, state, at, server, attempt, duration_us,
                  started_at, started_by, started_attempt)
-             SELECT d.id, 'succeeded', d.at, d.server, j.attempt, d.dur, j.started_at,
-                    j.started_by, CASE WHEN j.started_at IS NOT NULL THEN j.attempt END
-             FROM temp.firelane_done AS d JOIN firelane_jobs AS j ON j.id = d.id
-             WHERE d.ok = 1 ORDER BY d.ord;
+             SELECT id, 'succeeded', at, server, attempt, dur, started_at, started_by,
+                    CASE WHEN started_at IS NOT NULL THEN attempt END
+             FROM temp.firelane_done WHERE ok ORDER BY ord;
          INSERT INTO firelane_counters (key, n)
              SELECT key, n FROM (
                  SELECT 'state:succeeded' AS key, COUNT(*) AS n FROM temp.firelane_done WHERE ok = 1
@@ -452,8 +460,10 @@ mod tests {
         // The scratch tables some texts create for themselves.
         sqlx::raw_sql(
             "CREATE TEMP TABLE firelane_fetched (ord INTEGER PRIMARY KEY,
-                 priority INTEGER NOT NULL, seq INTEGER NOT NULL, job_id BLOB NOT NULL,
-                 lease BLOB NOT NULL, enqueued_at INTEGER);
+                 priority INTEGER NOT NULL, seq INTEGER NOT NULL, job_id BLOB NOT NULL UNIQUE,
+                 lease BLOB NOT NULL, ok INTEGER NOT NULL, name TEXT, queue TEXT, args TEXT,
+                 attempt INTEGER, max INTEGER, delays TEXT, timeout INTEGER, created INTEGER,
+                 enqueued INTEGER, trace TEXT);
              CREATE TEMP TABLE firelane_incoming (ord INTEGER PRIMARY KEY, id BLOB NOT NULL,
                  name TEXT NOT NULL, queue TEXT NOT NULL, priority INTEGER NOT NULL,
                  args TEXT NOT NULL, state TEXT NOT NULL, max INTEGER NOT NULL, delays TEXT,
@@ -461,7 +471,7 @@ mod tests {
                  fin INTEGER, trace TEXT);
              CREATE TEMP TABLE firelane_done (ord INTEGER PRIMARY KEY, id BLOB NOT NULL,
                  lease BLOB NOT NULL, server TEXT, at INTEGER NOT NULL, dur INTEGER,
-                 ok INTEGER NOT NULL DEFAULT 0)",
+                 ok INTEGER NOT NULL, attempt INTEGER, started_at INTEGER, started_by TEXT)",
         )
         .execute(&mut conn)
         .await?;
@@ -489,6 +499,8 @@ mod tests {
                     "SCAN temp.firelane_done",
                     "SCAN temp.firelane_incoming",
                     "SCAN d",
+                    // COMPLETE_SUCCEEDED's JSON array, read once into a scratch table.
+                    "SCAN x",
                 ];
                 // A SELECT without FROM reads its one constant row.
                 let allowed = line == "SCAN CONSTANT ROW"

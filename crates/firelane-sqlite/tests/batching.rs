@@ -202,3 +202,86 @@ async fn completing_a_mixed_batch_releases_exactly_the_awaiting_continuations() 
     let request = FetchRequest::new(server, vec!["default".into()], 100, now, Duration::ZERO);
     assert!(storage.fetch(request).await.unwrap().is_empty());
 }
+
+/// A fetch reads each job's columns while it takes the queue rows, and trusts the queue only
+/// as far as the job's own state: a queue row left over for a job that is not enqueued (which
+/// the store never writes, but a hand-edited or damaged file may hold) is dropped without
+/// leasing the job, and a job with two queue rows gets one lease, not two (its second row is
+/// dropped by a later fetch). Counters follow what was leased.
+#[tokio::test]
+async fn stray_queue_rows_never_lease_a_job_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = file_store(&dir).await;
+    let now = Utc::now();
+    let first = NewJob::new("n", "[1]");
+    let second = NewJob::new("n", "[2]");
+    let (finished_id, enqueued_id) = (first.id, second.id);
+    storage.enqueue(vec![first, second], now).await.unwrap();
+    let server = ServerId::generate();
+    let request = |limit| {
+        FetchRequest::new(
+            server.clone(),
+            vec!["default".into()],
+            limit,
+            Utc::now(),
+            Duration::from_secs(60),
+        )
+    };
+    let leased = storage.fetch(request(1)).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].id, finished_id, "jobs come in enqueue order");
+    storage
+        .complete(vec![Completion::new(
+            leased[0].id,
+            leased[0].lease,
+            server.clone(),
+            Outcome::Succeeded,
+            Duration::from_millis(1),
+            Utc::now(),
+        )])
+        .await
+        .unwrap();
+    // The first job is succeeded now and the second still enqueued (its queue row has place
+    // 2): give the first a queue row again and the second a second one, behind its first.
+    for (id, seq) in [(finished_id, 100), (enqueued_id, 101)] {
+        sqlx::query(
+            "INSERT INTO firelane_queue (queue, priority, seq, name, job_id)
+             VALUES ('default', 0, ?, 'n', ?)",
+        )
+        .bind(seq)
+        .bind(id.as_uuid().as_bytes().as_slice())
+        .execute(storage.pool())
+        .await
+        .unwrap();
+    }
+    let queue_rows = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM firelane_queue")
+            .fetch_one(storage.pool())
+            .await
+            .unwrap()
+    };
+    let jobs = storage.fetch(request(10)).await.unwrap();
+    let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+    assert_eq!(
+        ids,
+        vec![enqueued_id],
+        "one lease, and none for the finished job"
+    );
+    assert_eq!(jobs[0].attempt, 1);
+    assert_eq!(
+        queue_rows().await,
+        1,
+        "the second row of the leased job is left"
+    );
+    assert!(storage.fetch(request(10)).await.unwrap().is_empty());
+    assert_eq!(queue_rows().await, 0, "and dropped by the next fetch");
+    let stats = storage.stats().await.unwrap();
+    assert_eq!(stats.states.get(&JobState::Processing), Some(&1));
+    assert_eq!(stats.states.get(&JobState::Succeeded), Some(&1));
+    assert_eq!(
+        stats.states.get(&JobState::Enqueued).copied().unwrap_or(0),
+        0
+    );
+    let finished = storage.job(finished_id).await.unwrap().unwrap();
+    assert_eq!(finished.job.state, JobState::Succeeded);
+}
