@@ -218,6 +218,12 @@ impl SqliteStorage {
             .max_lifetime(None)
             .acquire_timeout(acquire_timeout)
             .test_before_acquire(false)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql(sql::SCRATCH_TABLES).execute(conn).await?;
+                    Ok(())
+                })
+            })
             .connect_with(base.clone())
             .await
             .map_err(|e| connect_error(&config, e))?;

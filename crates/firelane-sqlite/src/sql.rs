@@ -172,6 +172,19 @@ pub(crate) const ENQUEUE: &str = concat!(
     add_counters!("?3")
 );
 
+/// The writer connection's scratch tables, created once when the connection opens (see
+/// `SqliteStorage::connect_with`): the fetch and completion texts fill and empty them on every
+/// batch, and a statement more in a text is a message more between threads.
+pub(crate) const SCRATCH_TABLES: &str = "CREATE TEMP TABLE IF NOT EXISTS firelane_fetched (
+         ord INTEGER PRIMARY KEY, priority INTEGER NOT NULL, seq INTEGER NOT NULL,
+         job_id BLOB NOT NULL UNIQUE, lease BLOB NOT NULL, ok INTEGER NOT NULL,
+         name TEXT, queue TEXT, args TEXT, attempt INTEGER, max INTEGER, delays TEXT,
+         timeout INTEGER, created INTEGER, enqueued INTEGER, trace TEXT);
+     CREATE TEMP TABLE IF NOT EXISTS firelane_done (
+         ord INTEGER PRIMARY KEY, id BLOB NOT NULL, lease BLOB NOT NULL, server TEXT,
+         at INTEGER NOT NULL, dur INTEGER, ok INTEGER NOT NULL, attempt INTEGER,
+         started_at INTEGER, started_by TEXT)";
+
 /// One fetch from one queue in one round trip. (`LIMIT (SELECT ?2)`, not `LIMIT ?2`: SQLite
 /// plans with a bare limit parameter's value, so each new binding of it made the statement be
 /// prepared again, on every fetch: 6 % of the writer's time.) `?1` queue, `?2` limit, `?3`
@@ -190,12 +203,7 @@ pub(crate) const ENQUEUE: &str = concat!(
 macro_rules! fetch_one_queue {
     ($filter:literal) => {
         concat!(
-            "CREATE TEMP TABLE IF NOT EXISTS firelane_fetched (
-                 ord INTEGER PRIMARY KEY, priority INTEGER NOT NULL, seq INTEGER NOT NULL,
-                 job_id BLOB NOT NULL UNIQUE, lease BLOB NOT NULL, ok INTEGER NOT NULL,
-                 name TEXT, queue TEXT, args TEXT, attempt INTEGER, max INTEGER, delays TEXT,
-                 timeout INTEGER, created INTEGER, enqueued INTEGER, trace TEXT);
-             DELETE FROM temp.firelane_fetched;
+            "DELETE FROM temp.firelane_fetched;
              INSERT OR IGNORE INTO temp.firelane_fetched (priority, seq, job_id, lease, ok, name,
                      queue, args, attempt, max, delays, timeout, created, enqueued, trace)
                  SELECT q.priority, q.seq, q.job_id, randomblob(16), j.state IS 'enqueued',
@@ -245,11 +253,7 @@ pub(crate) const FETCH_QUEUE_NAMED: &str =
 /// answers only the exceptions, by position (`ord`, from 1): a stale completion (`ok` 0), or
 /// an applied one whose job continuations await (`ok` 1; they are released by the general
 /// code). Every row sent back costs a hop between threads, so the usual answer is no row.
-pub(crate) const COMPLETE_SUCCEEDED: &str = "CREATE TEMP TABLE IF NOT EXISTS firelane_done (
-             ord INTEGER PRIMARY KEY, id BLOB NOT NULL, lease BLOB NOT NULL, server TEXT,
-             at INTEGER NOT NULL, dur INTEGER, ok INTEGER NOT NULL, attempt INTEGER,
-             started_at INTEGER, started_by TEXT);
-         DELETE FROM temp.firelane_done;
+pub(crate) const COMPLETE_SUCCEEDED: &str = "DELETE FROM temp.firelane_done;
          INSERT INTO temp.firelane_done (ord, id, lease, server, at, dur, ok, attempt,
                  started_at, started_by)
              WITH given AS MATERIALIZED (
@@ -457,24 +461,15 @@ mod tests {
         crate::schema::migrate(&mut conn, false)
             .await
             .map_err(|e| format!("{e:?}"))?;
-        // The scratch tables some texts create for themselves.
-        sqlx::raw_sql(
-            "CREATE TEMP TABLE firelane_fetched (ord INTEGER PRIMARY KEY,
-                 priority INTEGER NOT NULL, seq INTEGER NOT NULL, job_id BLOB NOT NULL UNIQUE,
-                 lease BLOB NOT NULL, ok INTEGER NOT NULL, name TEXT, queue TEXT, args TEXT,
-                 attempt INTEGER, max INTEGER, delays TEXT, timeout INTEGER, created INTEGER,
-                 enqueued INTEGER, trace TEXT);
-             CREATE TEMP TABLE firelane_incoming (ord INTEGER PRIMARY KEY, id BLOB NOT NULL,
-                 name TEXT NOT NULL, queue TEXT NOT NULL, priority INTEGER NOT NULL,
-                 args TEXT NOT NULL, state TEXT NOT NULL, max INTEGER NOT NULL, delays TEXT,
-                 timeout INTEGER, due INTEGER, parent BLOB, cont TEXT, reason TEXT,
-                 fin INTEGER, trace TEXT);
-             CREATE TEMP TABLE firelane_done (ord INTEGER PRIMARY KEY, id BLOB NOT NULL,
-                 lease BLOB NOT NULL, server TEXT, at INTEGER NOT NULL, dur INTEGER,
-                 ok INTEGER NOT NULL, attempt INTEGER, started_at INTEGER, started_by TEXT)",
-        )
-        .execute(&mut conn)
-        .await?;
+        // The writer connection's scratch tables, and the one the enqueue text creates for
+        // itself in its first statement.
+        sqlx::raw_sql(super::SCRATCH_TABLES)
+            .execute(&mut conn)
+            .await?;
+        let incoming = super::ENQUEUE.split(';').next().unwrap_or_default();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(incoming))
+            .execute(&mut conn)
+            .await?;
         // A constant with several statements (run in one round trip) is checked statement by
         // statement: EXPLAIN covers only the first statement of a text.
         let statements = ALL
