@@ -73,8 +73,8 @@ async fn life(store: &Arc<dyn Storage>, job: NewJob) -> Vec<Vec<firelane_core::H
     out
 }
 
-/// The end of a successful attempt is kept in the job's row, not in a history row; the
-/// history reads the same as SQLite's (which writes a row for every change) at every step,
+/// The end of a successful attempt is kept in the job's row, not in a history row (in both
+/// stores, each in its own way); the history reads the same as SQLite's at every step,
 /// including after the job leaves `succeeded` again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_success_kept_in_the_row_reads_as_the_same_history() {

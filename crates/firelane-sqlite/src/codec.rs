@@ -88,7 +88,7 @@ pub(crate) fn duration_ms(v: i64) -> Duration {
     Duration::from_millis(u64::try_from(v).unwrap_or(0))
 }
 
-fn duration_us(v: i64) -> Duration {
+pub(crate) fn duration_us(v: i64) -> Duration {
     Duration::from_micros(u64::try_from(v).unwrap_or(0))
 }
 

@@ -6,24 +6,27 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use firelane_core::{
     Error, HistoryEntry, HourlyStats, JobDetails, JobId, JobQuery, JobRecord, JobState, QueueStats,
-    RecurringRecord, ServerInfo, ServerRecord, Stats,
+    RecurringRecord, ServerId, ServerInfo, ServerRecord, Stats,
 };
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 
 use crate::codec::{
-    JOB_COLUMNS, OpResult, RECURRING_COLUMNS, count_u32, count_u64, history_entry, job_id,
-    job_record, recurring_record, state, time, us,
+    JOB_COLUMNS, OpResult, RECURRING_COLUMNS, count_u32, count_u64, duration_us, history_entry,
+    job_id, job_record, recurring_record, state, time, us,
 };
 
 /// [`firelane_core::Storage::job`]. The history is put together from the job's first entry
 /// (kept in its row), one row per later state change, where a row that ends an attempt also
-/// holds the attempt's start, and the start of the running attempt (in the job's row). Rows
-/// written before schema version 6 hold every entry themselves (their job has no
-/// `initial_state` and their attempts no start).
+/// holds the attempt's start, the end of a successful last attempt (kept in the job's row
+/// since schema version 7: `ended_by`, `ended_us`, with the row's state, time, reason and
+/// attempt) and the start of the running attempt (in the job's row). Rows written before
+/// schema version 6 hold every entry themselves (their job has no `initial_state` and their
+/// attempts no start).
 pub(crate) async fn job(conn: &mut SqliteConnection, id: JobId) -> OpResult<Option<JobDetails>> {
     let key = id.as_bytes().as_slice();
     let sql = format!(
-        "SELECT {JOB_COLUMNS}, initial_state, initial_reason, started_at, started_by
+        "SELECT {JOB_COLUMNS}, initial_state, initial_reason, started_at, started_by,
+                ended_by, ended_us
          FROM firelane_jobs WHERE id = ?"
     );
     let Some(row) = sqlx::query(AssertSqlSafe(sql))
@@ -65,6 +68,18 @@ pub(crate) async fn job(conn: &mut SqliteConnection, id: JobId) -> OpResult<Opti
             h.try_get("started_attempt")?,
         )?);
         history.push(history_entry(&h)?);
+    }
+    if let Some(server) = row.try_get::<Option<String>, _>("ended_by")? {
+        history.extend(started(
+            row.try_get("started_at")?,
+            row.try_get("started_by")?,
+            Some(i64::from(record.attempt)),
+        )?);
+        let mut end = HistoryEntry::new(record.state, record.state_at, record.attempt);
+        end.reason = record.reason.clone();
+        end.server = Some(ServerId::from_string(server));
+        end.duration = row.try_get::<Option<i64>, _>("ended_us")?.map(duration_us);
+        history.push(end);
     }
     if record.state == JobState::Processing {
         history.extend(started(

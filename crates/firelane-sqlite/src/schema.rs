@@ -307,6 +307,17 @@ DROP TABLE firelane_queue;
 ALTER TABLE firelane_queue_v6 RENAME TO firelane_queue;
 ",
     },
+    Migration {
+        version: 7,
+        description: "a success's end stays in the job's row",
+        sql: "
+-- The end of an attempt that succeeded (server, duration; state, time and attempt are the
+-- row's own) is kept in the job's row instead of a history row, until a person's requeue or
+-- delete takes the job out of succeeded and writes it to the history first.
+ALTER TABLE firelane_jobs ADD COLUMN ended_by TEXT;
+ALTER TABLE firelane_jobs ADD COLUMN ended_us INTEGER;
+",
+    },
 ];
 
 /// The whole schema at [`LATEST`], applied to a new database instead of replaying the
@@ -340,15 +351,18 @@ CREATE TABLE firelane_jobs (
     -- finished_at: succeeded, failed and deleted jobs; trace_context: NewJob::trace_context,
     -- opaque here; initial_*: the first history entry (the state the job was created in, and
     -- why); started_*: the running attempt's start (when it was leased, by which server);
-    -- queue_seq: an enqueued job's place in its queue (its queue row's seq). (No comment
-    -- between or after the last columns: SQLite's DROP COLUMN edits this text.)
+    -- queue_seq: an enqueued job's place in its queue (its queue row's seq); ended_*: the end
+    -- of a successful last attempt (server, duration), kept here instead of a history row.
+    -- (No comment between or after the last columns: SQLite's DROP COLUMN edits this text.)
     finished_at  INTEGER,
     trace_context TEXT,
     initial_state TEXT,
     initial_reason TEXT,
     started_at   INTEGER,
     started_by   TEXT,
-    queue_seq    INTEGER
+    queue_seq    INTEGER,
+    ended_by     TEXT,
+    ended_us     INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX firelane_jobs_scheduled ON firelane_jobs (due_at, id) WHERE state = 'scheduled';
 CREATE INDEX firelane_jobs_processing ON firelane_jobs (lease_until, id)
@@ -451,7 +465,7 @@ CREATE TABLE firelane_paused_queues (
 ";
 
 /// The newest schema version this build knows.
-pub(crate) const LATEST: i64 = 6;
+pub(crate) const LATEST: i64 = 7;
 
 /// Why a database cannot be used.
 #[derive(Debug)]
@@ -569,7 +583,7 @@ mod tests {
         let first = migrate(&mut conn, false)
             .await
             .map_err(|e| format!("{e:?}"))?;
-        assert_eq!(first, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(first, vec![1, 2, 3, 4, 5, 6, 7]);
         let second = migrate(&mut conn, false)
             .await
             .map_err(|e| format!("{e:?}"))?;
@@ -630,7 +644,7 @@ mod tests {
         let applied = migrate(&mut conn, false)
             .await
             .map_err(|e| format!("{e:?}"))?;
-        assert_eq!(applied, vec![2, 3, 4, 5, 6]);
+        assert_eq!(applied, vec![2, 3, 4, 5, 6, 7]);
         assert_eq!(version(&mut conn).await?, LATEST);
         let counters: Vec<(String, i64)> =
             sqlx::query_as("SELECT key, n FROM firelane_counters ORDER BY key")

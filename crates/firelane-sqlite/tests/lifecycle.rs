@@ -490,3 +490,101 @@ async fn a_delete_sees_what_deleting_an_earlier_job_did() {
     );
     assert_eq!(queue_rows(&s).await, 0);
 }
+
+async fn history_rows(s: &SqliteStorage, id: JobId) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM firelane_history WHERE job_id = ?")
+        .bind(id.as_uuid().as_bytes().as_slice())
+        .fetch_one(s.pool())
+        .await
+        .unwrap()
+}
+
+/// A batch of successes alone keeps each success's end in the job's row, with no history row;
+/// a batch with another outcome in it writes the success as a history row. Both read as the
+/// same history, and a requeue first writes the end kept in the row to the history, so that
+/// the entries stay whole and in order through the job's next attempt.
+#[tokio::test]
+async fn a_success_reads_the_same_from_the_row_or_the_history() {
+    let s = SqliteStorage::connect(":memory:").await.unwrap();
+    let server = ServerId::from_string("w1".to_owned());
+    let (fast, general, failing) = (
+        new_job("a", "default"),
+        new_job("b", "default"),
+        new_job("c", "default"),
+    );
+    let ids = [fast.id, general.id, failing.id];
+    s.enqueue(vec![fast, general, failing], t(0)).await.unwrap();
+    let fetched = fetch(&s, &server, &["default"], t(1)).await;
+    assert_eq!(fetched.len(), 3);
+    // `fast` alone (all successes: the one-statement path); `general` beside a failure.
+    s.complete(vec![done(&fetched[0], &server, Outcome::Succeeded, t(2))])
+        .await
+        .unwrap();
+    s.complete(vec![
+        done(&fetched[1], &server, Outcome::Succeeded, t(2)),
+        done(
+            &fetched[2],
+            &server,
+            Outcome::Failed { error: "no".into() },
+            t(2),
+        ),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(history_rows(&s, ids[0]).await, 0, "the end is in the row");
+    assert_eq!(history_rows(&s, ids[1]).await, 1);
+    let history = |id| {
+        let s = &s;
+        async move { s.job(id).await.unwrap().unwrap().history }
+    };
+    let fast_history = history(ids[0]).await;
+    assert_eq!(fast_history, history(ids[1]).await);
+    assert_eq!(
+        fast_history.iter().map(|h| h.state).collect::<Vec<_>>(),
+        [
+            JobState::Enqueued,
+            JobState::Processing,
+            JobState::Succeeded
+        ]
+    );
+    let end = &fast_history[2];
+    assert_eq!((end.at, end.attempt), (t(2), 1));
+    assert_eq!(end.server.as_ref().map(ServerId::as_str), Some("w1"));
+    assert_eq!(end.duration, Some(Duration::from_millis(1500)));
+
+    // A requeue writes the kept end first; the next success is kept in the row again.
+    s.requeue(&ids[..2], "again", t(10)).await.unwrap();
+    assert_eq!(history_rows(&s, ids[0]).await, 2);
+    assert_eq!(history(ids[0]).await, history(ids[1]).await);
+    let again = fetch(&s, &server, &["default"], t(11)).await;
+    assert_eq!(again.len(), 2);
+    s.complete(
+        again
+            .iter()
+            .map(|f| done(f, &server, Outcome::Succeeded, t(12)))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let fast_history = history(ids[0]).await;
+    assert_eq!(
+        fast_history.iter().map(|h| h.state).collect::<Vec<_>>(),
+        [
+            JobState::Enqueued,
+            JobState::Processing,
+            JobState::Succeeded,
+            JobState::Enqueued,
+            JobState::Processing,
+            JobState::Succeeded,
+        ]
+    );
+    assert_eq!(fast_history[..4], history(ids[1]).await[..4]);
+    // A requeue of a finished job starts its attempts again.
+    assert_eq!((fast_history[5].at, fast_history[5].attempt), (t(12), 1));
+    // A delete writes it out as well.
+    s.delete(&ids[..1], "gone", t(20)).await.unwrap();
+    let deleted = history(ids[0]).await;
+    assert_eq!(deleted.len(), 7);
+    assert_eq!(deleted[..6], fast_history[..]);
+    assert_eq!(deleted[6].state, JobState::Deleted);
+}

@@ -31,7 +31,7 @@ async fn a_file_is_created_and_reopened_with_its_data() {
     let job = NewJob::new("report", "{}");
     let id = job.id;
     storage.enqueue(vec![job], Utc::now()).await.unwrap();
-    assert_eq!(schema_rows(&storage).await, 6);
+    assert_eq!(schema_rows(&storage).await, 7);
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(storage.pool())
         .await
@@ -52,7 +52,7 @@ async fn a_file_is_created_and_reopened_with_its_data() {
         assert_eq!(details.history.len(), 1);
         assert_eq!(
             schema_rows(&reopened).await,
-            6,
+            7,
             "migrations are not applied twice"
         );
         reopened.close().await;
@@ -89,7 +89,7 @@ async fn an_empty_file_is_initialised() {
     let path = dir.path().join("empty.db");
     std::fs::write(&path, b"").unwrap();
     let storage = SqliteStorage::connect(&url(&path)).await.unwrap();
-    assert_eq!(schema_rows(&storage).await, 6);
+    assert_eq!(schema_rows(&storage).await, 7);
 }
 
 #[tokio::test]
@@ -166,7 +166,7 @@ async fn a_schema_from_a_newer_firelane_is_refused() {
             err,
             Error::SchemaTooNew {
                 found: 99,
-                known: 6
+                known: 7
             }
         ),
         "{err:?}"
