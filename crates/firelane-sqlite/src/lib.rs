@@ -196,11 +196,7 @@ impl SqliteStorage {
         // pages (queue, index tails) that every commit rewrites are copied to the database
         // once per checkpoint, and checkpoints (the only syncs under `synchronous = NORMAL`)
         // come ten times less often. Stays under the journal size limit above.
-        .pragma("wal_autocheckpoint", "10000")
-        // The writer's scratch tables (`temp.firelane_*`, filled and emptied by every batch)
-        // live in memory instead of a temporary file with its own page cache and journal:
-        // 8 % less CPU per drained job (benches/README.md, session 5).
-        .pragma("temp_store", "MEMORY");
+        .pragma("wal_autocheckpoint", "10000");
 
         let keeper = match config.target {
             Target::Memory => Some(tokio::sync::Mutex::new(
@@ -218,6 +214,9 @@ impl SqliteStorage {
             .max_lifetime(None)
             .acquire_timeout(acquire_timeout)
             .test_before_acquire(false)
+            // The writer connection's scratch tables and their in-memory store (see
+            // `sql::SCRATCH_TABLES`). An error here surfaces as the pool's acquire timeout;
+            // a file SQLite cannot use has failed earlier, at the connect pragmas.
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     sqlx::raw_sql(sql::SCRATCH_TABLES).execute(conn).await?;
