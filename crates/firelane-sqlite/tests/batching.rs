@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use firelane_core::chrono::Utc;
 use firelane_core::{
-    Completion, CompletionStatus, ContinueOn, FetchRequest, Initial, JobId, JobQuery, JobState,
-    NewJob, Outcome, ServerId, Storage,
+    Completion, CompletionStatus, ContinueOn, FetchRequest, FetchedJob, Initial, JobId, JobQuery,
+    JobState, NewJob, Outcome, ServerId, Storage,
 };
 use firelane_sqlite::{SqliteConfig, SqliteStorage};
 
@@ -229,20 +229,20 @@ async fn stray_queue_rows_never_lease_a_job_twice() {
             Duration::from_secs(60),
         )
     };
-    let leased = storage.fetch(request(1)).await.unwrap();
-    assert_eq!(leased.len(), 1);
-    assert_eq!(leased[0].id, finished_id, "jobs come in enqueue order");
-    storage
-        .complete(vec![Completion::new(
-            leased[0].id,
-            leased[0].lease,
+    let succeed = |job: &FetchedJob| {
+        storage.complete(vec![Completion::new(
+            job.id,
+            job.lease,
             server.clone(),
             Outcome::Succeeded,
             Duration::from_millis(1),
             Utc::now(),
         )])
-        .await
-        .unwrap();
+    };
+    let leased = storage.fetch(request(1)).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].id, finished_id, "jobs come in enqueue order");
+    succeed(&leased[0]).await.unwrap();
     // The first job is succeeded now and the second still enqueued (its queue row has place
     // 2): give the first a queue row again and the second a second one, behind its first.
     for (id, seq) in [(finished_id, 100), (enqueued_id, 101)] {
@@ -277,19 +277,8 @@ async fn stray_queue_rows_never_lease_a_job_twice() {
     );
     assert!(storage.fetch(request(10)).await.unwrap().is_empty());
     assert_eq!(queue_rows().await, 0, "and dropped by the next fetch");
-    let statuses = storage
-        .complete(vec![Completion::new(
-            jobs[0].id,
-            jobs[0].lease,
-            server.clone(),
-            Outcome::Succeeded,
-            Duration::from_millis(1),
-            Utc::now(),
-        )])
-        .await
-        .unwrap();
     assert_eq!(
-        statuses,
+        succeed(&jobs[0]).await.unwrap(),
         vec![CompletionStatus::Applied(JobState::Succeeded)],
         "the lease answered is the one stored"
     );
