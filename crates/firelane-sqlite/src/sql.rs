@@ -214,10 +214,10 @@ pub(crate) const SCRATCH_TABLES: &str = "PRAGMA temp_store = MEMORY;
 /// from the queue and answered as not leased. A second queue row of the same job (which
 /// should not exist either) is left alone by the unique `job_id` (for a later fetch to drop),
 /// so that `ok` stays exactly what the update leases. The priority answered is the queue
-/// row's, which is the job's by construction. Each leased job gets a random lease, its attempt goes up by one, its row keeps the
-/// attempt's start (no history row: the attempt's row is written when it ends); counters are
-/// written; the last statement returns the rows as one row, a JSON array of arrays (rows cost
-/// a hop between threads each).
+/// row's, which is the job's by construction. Each leased job gets a random lease, its
+/// attempt goes up by one, its row keeps the attempt's start (no history row: the attempt's
+/// row is written when it ends); counters are written; the last statement returns the rows
+/// as one row, a JSON array of arrays (rows cost a hop between threads each).
 macro_rules! fetch_one_queue {
     ($filter:literal) => {
         concat!(
@@ -233,9 +233,10 @@ macro_rules! fetch_one_queue {
             " ORDER BY q.priority DESC, q.seq LIMIT (SELECT ?2);
              DELETE FROM firelane_queue WHERE queue = ?1
                  AND (priority, seq) IN (SELECT priority, seq FROM temp.firelane_fetched);
-             UPDATE firelane_jobs SET state = 'processing', attempt = firelane_jobs.attempt + 1, state_at = ?3,
-                     lease_id = f.lease, lease_server = ?4, lease_until = ?5, due_at = NULL,
-                     reason = NULL, started_at = ?3, started_by = ?4, queue_seq = NULL
+             UPDATE firelane_jobs SET state = 'processing',
+                     attempt = firelane_jobs.attempt + 1, state_at = ?3, lease_id = f.lease,
+                     lease_server = ?4, lease_until = ?5, due_at = NULL, reason = NULL,
+                     started_at = ?3, started_by = ?4, queue_seq = NULL
                  FROM temp.firelane_fetched AS f
                  WHERE f.ok AND firelane_jobs.id = f.job_id AND +firelane_jobs.state = 'enqueued';
              INSERT INTO firelane_counters (key, n)
