@@ -269,6 +269,16 @@ impl HistoryEntry {
         entry.server = server.map(ServerId::from_string);
         entry
     }
+
+    /// The end of a job's last attempt, for stores that keep it in the job's row (`server`
+    /// and `duration`; its state, time, reason and attempt are the job's own).
+    pub fn kept_in_row(job: &JobRecord, server: String, duration: Option<Duration>) -> Self {
+        let mut entry = Self::new(job.state, job.state_at, job.attempt);
+        entry.reason = job.reason.clone();
+        entry.server = Some(ServerId::from_string(server));
+        entry.duration = duration;
+        entry
+    }
 }
 
 /// A job with its whole history and its continuations.

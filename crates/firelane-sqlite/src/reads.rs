@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use firelane_core::{
     Error, HistoryEntry, HourlyStats, JobDetails, JobId, JobQuery, JobRecord, JobState, QueueStats,
-    RecurringRecord, ServerId, ServerInfo, ServerRecord, Stats,
+    RecurringRecord, ServerInfo, ServerRecord, Stats,
 };
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 
@@ -75,11 +75,8 @@ pub(crate) async fn job(conn: &mut SqliteConnection, id: JobId) -> OpResult<Opti
             row.try_get("started_by")?,
             Some(i64::from(record.attempt)),
         )?);
-        let mut end = HistoryEntry::new(record.state, record.state_at, record.attempt);
-        end.reason = record.reason.clone();
-        end.server = Some(ServerId::from_string(server));
-        end.duration = row.try_get::<Option<i64>, _>("ended_us")?.map(duration_us);
-        history.push(end);
+        let duration = row.try_get::<Option<i64>, _>("ended_us")?.map(duration_us);
+        history.push(HistoryEntry::kept_in_row(&record, server, duration));
     }
     if record.state == JobState::Processing {
         history.extend(started(
