@@ -10,7 +10,7 @@ use chrono::{Timelike, Utc};
 use firelane::storage::FetchRequest;
 use firelane::{
     CancelReason, Client, ContinueOn, Error, Job, JobContext, JobError, JobId, JobOptions,
-    JobState, NewJob, Retention, Server, ServerBuilder, ServerId, Storage,
+    JobState, NewJob, Prefetch, Retention, Server, ServerBuilder, ServerId, Storage,
 };
 use serde::{Deserialize, Serialize};
 
@@ -640,6 +640,111 @@ pub async fn shutdown_hands_back_unfinished_jobs(store: Arc<dyn Storage>) {
     }
 }
 
+/// Jobs leased ahead of a busy worker wait without starting, keep their leases for longer than
+/// a lease lasts, and are handed back at once by a shutdown, their attempt not counted.
+pub async fn jobs_leased_ahead_wait_and_are_handed_back(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe)
+        .workers(1)
+        .prefetch(Prefetch::fixed(3))
+        .lease(Duration::from_millis(500))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let blocker = client
+        .enqueue(act(Act::AwaitCancel("blocker".into())))
+        .await
+        .unwrap();
+    eventually("the blocker to start", WAIT, || async {
+        (probe.started.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    let ahead = client
+        .enqueue_many((0..3).map(|i| act(Act::Succeed(format!("ahead{i}")))))
+        .await
+        .unwrap();
+    for id in &ahead {
+        wait_state(&client, *id, JobState::Processing).await;
+    }
+    // Three leases' time: the server's own watchdog would requeue a lapsed one.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for id in &ahead {
+        let d = client.job(*id).await.unwrap();
+        assert_eq!(d.job.state, JobState::Processing, "{id}");
+        assert_eq!(d.job.attempt, 1, "{id} leased once");
+    }
+    assert_eq!(
+        probe.started.load(Ordering::SeqCst),
+        1,
+        "only the blocker ran"
+    );
+    assert_eq!(server.running_jobs(), 1);
+    let report = server.shutdown().await.unwrap();
+    assert_eq!(report.handed_back, 4);
+    assert_eq!(
+        *probe.cancel_reasons.lock().unwrap(),
+        [CancelReason::Shutdown],
+        "only the blocker's handler saw a cancellation"
+    );
+    for id in &ahead {
+        let d = client.job(*id).await.unwrap();
+        assert_eq!(d.job.state, JobState::Enqueued, "{id}");
+        assert_eq!(
+            d.job.attempt, 0,
+            "{id}: a handed-back attempt is not counted"
+        );
+    }
+    assert_eq!(probe.started.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        client.job(blocker).await.unwrap().job.state,
+        JobState::Enqueued
+    );
+}
+
+/// A job deleted while it waits, leased ahead, for a worker never starts; the next one does.
+pub async fn a_job_deleted_while_leased_ahead_never_starts(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe)
+        .workers(1)
+        .prefetch(Prefetch::fixed(2))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let blocker = client
+        .enqueue(act(Act::AwaitCancel("blocker".into())))
+        .await
+        .unwrap();
+    eventually("the blocker to start", WAIT, || async {
+        (probe.started.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    let deleted = client
+        .enqueue(act(Act::Succeed("deleted".into())))
+        .await
+        .unwrap();
+    let kept = client
+        .enqueue(act(Act::Succeed("kept".into())))
+        .await
+        .unwrap();
+    wait_state(&client, deleted, JobState::Processing).await;
+    wait_state(&client, kept, JobState::Processing).await;
+    client.delete(deleted).await.unwrap();
+    // Several heartbeats: the server learns of the revocation before a worker is free.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client.delete(blocker).await.unwrap();
+    wait_state(&client, kept, JobState::Succeeded).await;
+    assert_eq!(probe.runs("kept"), 1);
+    assert_eq!(probe.runs("deleted"), 0, "the deleted job never started");
+    assert_eq!(
+        client.job(deleted).await.unwrap().job.state,
+        JobState::Deleted
+    );
+    let report = server.shutdown().await.unwrap();
+    assert_eq!(report.handed_back, 0);
+}
+
 /// Queues are served in the order given, and higher priority first within a queue.
 pub async fn queue_and_priority_order(store: Arc<dyn Storage>) {
     let probe = Probe::default();
@@ -670,11 +775,15 @@ pub async fn queue_and_priority_order(store: Arc<dyn Storage>) {
     server.shutdown().await.unwrap();
 }
 
-/// Two servers share a queue: every job runs exactly once.
+/// Two servers share a queue, one of them leasing jobs ahead: every job runs exactly once.
 pub async fn two_servers_run_each_job_once(store: Arc<dyn Storage>) {
     let probe = Probe::default();
     let a = builder(&store, &probe).start().await.unwrap();
-    let b = builder(&store, &probe).start().await.unwrap();
+    let b = builder(&store, &probe)
+        .prefetch(Prefetch::fixed(16))
+        .start()
+        .await
+        .unwrap();
     let client = Client::new(Arc::clone(&store));
     client
         .enqueue_many((0..500).map(|i| act(Act::Succeed(format!("j{i}")))))
@@ -759,6 +868,10 @@ pub async fn builder_refuses_bad_settings(store: Arc<dyn Storage>) {
         (
             builder(&store, &probe).register(TestJob),
             "registered under the name",
+        ),
+        (
+            builder(&store, &probe).prefetch(Prefetch::fixed(100_001)),
+            "prefetch",
         ),
     ];
     for (b, needle) in cases {
@@ -1621,6 +1734,8 @@ macro_rules! server_suite {
             shutdown_hands_back_unfinished_jobs,
             queue_and_priority_order,
             two_servers_run_each_job_once,
+            jobs_leased_ahead_wait_and_are_handed_back,
+            a_job_deleted_while_leased_ahead_never_starts,
             watchdog_recovers_a_dead_servers_job,
             state_is_injected_and_checked,
             builder_refuses_bad_settings,

@@ -78,7 +78,7 @@ pub use health::Health;
 pub use job::{
     CancelReason, Cancellation, Job, JobContext, JobError, JobOptions, JobRequest, StateType,
 };
-pub use server::{HealthCheck, Server, ServerBuilder, ShutdownReport};
+pub use server::{HealthCheck, Prefetch, Server, ServerBuilder, ShutdownReport};
 
 pub use firelane_core::{
     BoxError, Change, ContinueOn, CronSchedule, Error, HistoryEntry, HourlyStats, Initial,

@@ -157,7 +157,7 @@ pub(super) async fn fetcher(shared: Arc<Shared>) {
             tokio::select! {
                 biased;
                 () = shared.stop.cancelled() => return,
-                p = Arc::clone(&shared.semaphore).acquire_owned() => match p {
+                p = Arc::clone(&shared.lease_slots).acquire_owned() => match p {
                     Ok(p) => permits.push(p),
                     Err(_) => return,
                 },
@@ -190,7 +190,7 @@ pub(super) async fn fetcher(shared: Arc<Shared>) {
         };
         // A full fetch may have left jobs behind for workers that are still free; with none
         // free, the completer refills the workers as they finish.
-        if full && shared.semaphore.available_permits() > 0 {
+        if full && shared.takeable_slots() > 0 {
             woken = false;
             continue;
         }
@@ -214,10 +214,12 @@ fn fetch_request(shared: &Shared, limit: usize) -> FetchRequest {
     .names(shared.names.clone())
 }
 
-/// Adds the free worker slots to `permits`, up to a fetch batch, without waiting.
+/// Adds free lease slots to `permits`, as many as [`Shared::takeable_slots`] allows up to a
+/// fetch batch, without waiting.
 fn take_free_slots(shared: &Arc<Shared>, permits: &mut Vec<OwnedSemaphorePermit>) {
-    while permits.len() < shared.config.fetch_batch {
-        match Arc::clone(&shared.semaphore).try_acquire_owned() {
+    let limit = (permits.len() + shared.takeable_slots()).min(shared.config.fetch_batch);
+    while permits.len() < limit {
+        match Arc::clone(&shared.lease_slots).try_acquire_owned() {
             Ok(p) => permits.push(p),
             Err(_) => break,
         }
@@ -359,6 +361,7 @@ async fn flush(
         };
         match written {
             Ok((statuses, jobs)) => {
+                shared.finished(batch.len());
                 start_jobs(shared, jobs, permits);
                 forget_unwritten(shared, batch);
                 for (c, s) in batch.iter().zip(statuses) {

@@ -85,6 +85,8 @@ impl std::fmt::Debug for ServerBuilder {
 pub(crate) struct Config {
     pub(crate) queues: Vec<String>,
     pub(crate) workers: usize,
+    /// `None`: paced, up to [`Config::PREFETCH_PER_WORKER`] per worker.
+    pub(crate) prefetch: Option<Prefetch>,
     pub(crate) lease: Duration,
     pub(crate) heartbeat: Duration,
     pub(crate) poll_interval: Duration,
@@ -107,6 +109,7 @@ impl Default for Config {
         Self {
             queues: vec![crate::DEFAULT_QUEUE.to_owned()],
             workers: (cpus * 5).min(20),
+            prefetch: None,
             lease: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
             poll_interval: Duration::from_secs(1),
@@ -121,6 +124,17 @@ impl Default for Config {
             misfire_grace: crate::Misfire::DEFAULT_GRACE,
             metrics_interval: Duration::from_secs(15),
         }
+    }
+}
+
+impl Config {
+    /// The default maximum of jobs leased ahead, per worker.
+    const PREFETCH_PER_WORKER: usize = 4;
+
+    pub(crate) fn prefetch(&self) -> Prefetch {
+        self.prefetch.unwrap_or(Prefetch::paced(
+            self.workers.saturating_mul(Self::PREFETCH_PER_WORKER),
+        ))
     }
 }
 
@@ -155,6 +169,26 @@ impl ServerBuilder {
     /// How many jobs run at once (default: five per core, at most 20).
     pub fn workers(mut self, workers: usize) -> Self {
         self.config.workers = workers;
+        self
+    }
+
+    /// How many jobs this server leases beyond its free workers, to start as soon as a
+    /// worker is free (default: [`Prefetch::paced`], up to four per worker).
+    ///
+    /// With short jobs, workers then do not wait for the store between jobs, and the store
+    /// writes and fetches in larger batches. The jobs taken ahead are Processing in the store
+    /// while they wait; their leases are extended like running jobs', a revocation (a
+    /// delete, a requeue) drops them, and a shutdown hands them back at once.
+    ///
+    /// ```
+    /// # async fn demo(storage: std::sync::Arc<dyn firelane::Storage>) {
+    /// use firelane::{Prefetch, Server};
+    /// // Long jobs shared by many servers: lease only what a worker can start now.
+    /// let builder = Server::builder(storage).workers(8).prefetch(Prefetch::off());
+    /// # }
+    /// ```
+    pub fn prefetch(mut self, prefetch: Prefetch) -> Self {
+        self.config.prefetch = Some(prefetch);
         self
     }
 
@@ -286,7 +320,9 @@ impl ServerBuilder {
             state: Arc::new(state),
             names,
             info,
-            semaphore: Arc::new(Semaphore::new(config.workers)),
+            lease_slots: Arc::new(Semaphore::new(config.workers + config.prefetch().max)),
+            run_slots: Arc::new(Semaphore::new(config.workers)),
+            pace: Mutex::new(Pace::new()),
             running: Mutex::new(HashMap::new()),
             unwritten: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
@@ -321,6 +357,12 @@ impl ServerBuilder {
             return bad(format!(
                 "{} workers is more than the 10,000 allowed",
                 c.workers
+            ));
+        }
+        if c.prefetch().max > 100_000 {
+            return bad(format!(
+                "a prefetch of {} jobs is more than the 100,000 allowed",
+                c.prefetch().max
             ));
         }
         if c.queues.is_empty() {
@@ -441,6 +483,109 @@ async fn declare_recurring(
     Ok(())
 }
 
+/// How many jobs a server leases beyond its free workers; see [`ServerBuilder::prefetch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefetch {
+    max: usize,
+    paced: bool,
+}
+
+impl Prefetch {
+    /// None: each fetch asks for as many jobs as there are free workers.
+    pub const fn off() -> Self {
+        Prefetch {
+            max: 0,
+            paced: false,
+        }
+    }
+
+    /// As many as the server's workers finish in about 25 ms at their recent pace, up to
+    /// `max`. Jobs that take a second or more are then not leased ahead at all, and a job
+    /// leased ahead waits for a worker about 25 ms, not while another server sits idle. A
+    /// server just started, or idle for a second, leases none ahead until jobs finish again.
+    pub const fn paced(max: usize) -> Self {
+        Prefetch { max, paced: true }
+    }
+
+    /// Always `jobs` ahead, whatever the pace: for jobs known to be short. A job leased
+    /// ahead waits for as many jobs to finish before it starts, even while another server
+    /// is idle.
+    pub const fn fixed(jobs: usize) -> Self {
+        Prefetch {
+            max: jobs,
+            paced: false,
+        }
+    }
+}
+
+/// How fast a server finishes jobs: a smoothed rate, updated as outcomes are written.
+#[derive(Debug)]
+pub(crate) struct Pace {
+    since: Instant,
+    jobs: usize,
+    per_s: f64,
+}
+
+impl Pace {
+    /// How long a job leased ahead may expect to wait for a worker, at the present pace.
+    const AHEAD: Duration = Duration::from_millis(25);
+    /// The shortest span a rate is measured over.
+    const SPAN: Duration = Duration::from_millis(10);
+    /// After this long without an update the last rate is stale, and the jobs counted since
+    /// give the rate instead.
+    const STALE: Duration = Duration::from_secs(1);
+
+    pub(crate) fn new() -> Self {
+        Pace {
+            since: Instant::now(),
+            jobs: 0,
+            per_s: 0.0,
+        }
+    }
+
+    fn record(&mut self, jobs: usize) {
+        self.record_at(jobs, Instant::now());
+    }
+
+    fn record_at(&mut self, jobs: usize, now: Instant) {
+        self.jobs += jobs;
+        let span = now.duration_since(self.since);
+        if span < Self::SPAN {
+            return;
+        }
+        let rate = self.jobs as f64 / span.as_secs_f64();
+        self.per_s = if span >= Self::STALE {
+            rate
+        } else {
+            0.7 * self.per_s + 0.3 * rate
+        };
+        self.since = now;
+        self.jobs = 0;
+    }
+
+    /// How many jobs to lease ahead, at most `max`.
+    fn lease_ahead(&self, max: usize) -> usize {
+        self.lease_ahead_at(max, Instant::now())
+    }
+
+    fn lease_ahead_at(&self, max: usize, now: Instant) -> usize {
+        let span = now.duration_since(self.since);
+        let per_s = if span >= Self::STALE {
+            self.jobs as f64 / span.as_secs_f64()
+        } else {
+            self.per_s
+        };
+        // Rounded down: a job leased ahead should expect a worker within the time.
+        let ahead = (per_s * Self::AHEAD.as_secs_f64()).floor();
+        if ahead >= max as f64 {
+            max
+        } else {
+            // Below `max`, so it fits; the cast drops nothing.
+            ahead as usize
+        }
+    }
+}
+
 /// A running job, as the server tracks it.
 #[derive(Debug)]
 pub(crate) struct RunningJob {
@@ -467,7 +612,13 @@ pub(crate) struct Shared {
     pub(crate) names: Vec<String>,
     pub(crate) info: ServerInfo,
     pub(crate) config: Config,
-    pub(crate) semaphore: Arc<Semaphore>,
+    /// One per job this server holds a lease on and has not finished: the workers and the
+    /// prefetch. The fetches ask for as many jobs as there are free ones.
+    pub(crate) lease_slots: Arc<Semaphore>,
+    /// One per worker: held while a job runs.
+    pub(crate) run_slots: Arc<Semaphore>,
+    /// How fast this server's jobs finish, for how many to lease ahead.
+    pub(crate) pace: Mutex<Pace>,
     pub(crate) running: Mutex<HashMap<JobId, RunningJob>>,
     /// Finished jobs whose outcome is not written yet: their leases are still extended, so that
     /// a store outage longer than the lease does not hand them to another server.
@@ -504,6 +655,35 @@ impl Shared {
         self.unwritten
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many lease slots a fetch may take now: the free ones, less those the prefetch
+    /// keeps back at the present pace (see [`ServerBuilder::prefetch`]).
+    pub(crate) fn takeable_slots(&self) -> usize {
+        let prefetch = self.config.prefetch();
+        let ahead = if prefetch.paced {
+            self.pace
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .lease_ahead(prefetch.max)
+        } else {
+            prefetch.max
+        };
+        let reserve = prefetch.max - ahead;
+        self.lease_slots.available_permits().saturating_sub(reserve)
+    }
+
+    /// Counts jobs whose outcome was written, for the pace.
+    pub(crate) fn finished(&self, jobs: usize) {
+        self.pace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .record(jobs);
+    }
+
+    /// Jobs running now: workers taken.
+    pub(crate) fn running_jobs(&self) -> usize {
+        self.config.workers - self.run_slots.available_permits()
     }
 
     pub(crate) fn dead_after(&self) -> Duration {
@@ -582,9 +762,9 @@ impl Server {
         &self.shared.info.id
     }
 
-    /// How many jobs are running now.
+    /// How many jobs are running now (not counting jobs leased ahead, waiting for a worker).
     pub fn running_jobs(&self) -> usize {
-        self.shared.running().len()
+        self.shared.running_jobs()
     }
 
     /// How many times a loop panicked and was restarted.
@@ -683,10 +863,12 @@ impl Server {
             }
         })
         .await;
-        let workers = u32::try_from(shared.config.workers).unwrap_or(u32::MAX);
+        // Every lease slot back: each job ran, or was handed back.
+        let slots = shared.config.workers + shared.config.prefetch().max;
+        let slots = u32::try_from(slots).unwrap_or(u32::MAX);
         let all_idle = tokio::time::timeout(
             shared.config.shutdown_timeout,
-            shared.semaphore.acquire_many(workers),
+            shared.lease_slots.acquire_many(slots),
         )
         .await;
         if all_idle.is_err() {
@@ -694,7 +876,7 @@ impl Server {
             // Aborted runners hand their jobs back and release their slots at once.
             let _ = tokio::time::timeout(
                 Duration::from_secs(10),
-                shared.semaphore.acquire_many(workers),
+                shared.lease_slots.acquire_many(slots),
             )
             .await;
         }
@@ -729,5 +911,68 @@ impl Drop for Server {
         self.shared.hard_stop.cancel();
         self.shared.completer_close.cancel();
         self.shared.heartbeat_stop.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_fresh_pace_leases_nothing_ahead() {
+        let pace = Pace::new();
+        assert_eq!(pace.lease_ahead_at(200, pace.since), 0);
+    }
+
+    #[test]
+    fn short_jobs_lease_up_to_the_maximum_and_long_ones_none() {
+        let mut pace = Pace::new();
+        let t0 = pace.since;
+        // 4,000 jobs a second: 100 finish in 25 ms (the smoothing gets within 3 % of it).
+        for i in 1..=10 {
+            pace.record_at(40, t0 + 10 * MS * i);
+        }
+        let ahead = pace.lease_ahead_at(1_000, t0 + 100 * MS);
+        assert!((97..=100).contains(&ahead), "{ahead}");
+        assert_eq!(pace.lease_ahead_at(60, t0 + 100 * MS), 60, "capped");
+
+        // Jobs of a second each on 20 workers: 20 a second, none ahead.
+        let mut slow = Pace::new();
+        let t0 = slow.since;
+        for i in 1..=5 {
+            slow.record_at(20, t0 + Duration::from_secs(i));
+        }
+        assert_eq!(slow.lease_ahead_at(1_000, t0 + Duration::from_secs(5)), 0);
+    }
+
+    #[test]
+    fn spans_under_ten_ms_accumulate_and_a_change_is_smoothed() {
+        let mut pace = Pace::new();
+        let t0 = pace.since;
+        pace.record_at(30, t0 + 4 * MS);
+        assert_eq!(
+            pace.lease_ahead_at(1_000, t0 + 4 * MS),
+            0,
+            "not measured yet"
+        );
+        pace.record_at(10, t0 + 10 * MS);
+        // 40 jobs in 10 ms, smoothed from 0: 1,200 a second, 30 in 25 ms.
+        assert_eq!(pace.lease_ahead_at(1_000, t0 + 10 * MS), 30);
+    }
+
+    #[test]
+    fn an_idle_server_forgets_its_pace() {
+        let mut pace = Pace::new();
+        let t0 = pace.since;
+        for i in 1..=10 {
+            pace.record_at(40, t0 + 10 * MS * i);
+        }
+        let later = t0 + 100 * MS + Duration::from_secs(2);
+        assert_eq!(pace.lease_ahead_at(1_000, later), 0, "no job in 2 s");
+        // The first outcome after the pause measures the whole pause.
+        pace.record_at(1, later);
+        assert_eq!(pace.lease_ahead_at(1_000, later), 0);
     }
 }

@@ -89,7 +89,7 @@ impl HealthCheck {
                 (
                     !shared.stop.is_cancelled() && stopped.is_empty(),
                     stopped,
-                    shared.running().len(),
+                    shared.running_jobs(),
                     shared
                         .counters
                         .loop_restarts

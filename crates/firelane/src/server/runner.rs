@@ -21,12 +21,17 @@ enum Ended {
     TimedOut(Duration),
     /// Aborted at the end of the shutdown timeout.
     Aborted,
-    /// Aborted after ignoring a revocation; its lease is gone, so nothing is recorded.
+    /// Aborted after ignoring a revocation, or revoked before a worker took it: its lease is
+    /// gone, so nothing is recorded.
     Abandoned,
+    /// Leased ahead, and the server shut down before a worker took it.
+    NotStarted,
     BadArgs(String),
 }
 
-pub(crate) fn spawn(shared: Arc<Shared>, job: FetchedJob, permit: OwnedSemaphorePermit) {
+/// Runs a fetched job, which holds one of the server's lease slots (`lease`): at once if a
+/// worker is free, else when one is (a job leased ahead, see `ServerBuilder::prefetch`).
+pub(crate) fn spawn(shared: Arc<Shared>, job: FetchedJob, lease: OwnedSemaphorePermit) {
     // The `otel.*` fields are read by tracing-opentelemetry; without the feature they would
     // only repeat the job's name in every log line.
     #[cfg(feature = "opentelemetry")]
@@ -52,18 +57,39 @@ pub(crate) fn spawn(shared: Arc<Shared>, job: FetchedJob, permit: OwnedSemaphore
     );
     // Before the span is first entered: the OpenTelemetry span is built then.
     crate::telemetry::link_parent(&span, job.trace_context.as_deref());
-    // Registered before the task exists, so that a shutdown or a heartbeat right after the
-    // fetch already knows the job.
+    // Registered before the task exists, so that a shutdown, a revocation or a heartbeat
+    // right after the fetch already knows the job, also while it waits for a worker.
     let cancellation = Cancellation::new();
-    let started = Instant::now();
-    register(&shared, &job, &cancellation, started);
+    register(&shared, &job, &cancellation, Instant::now());
     tokio::spawn(
         async move {
-            let _permit = permit;
-            run(shared, job, cancellation, started).await;
+            let _lease = lease;
+            run(shared, job, cancellation).await;
         }
         .instrument(span),
     );
+}
+
+/// Waits for a free worker; `Err` with the reason if the job is cancelled first (the server
+/// shuts down, or its lease is revoked), so that it never starts.
+async fn take_worker(
+    shared: &Shared,
+    cancellation: &Cancellation,
+) -> Result<OwnedSemaphorePermit, Option<CancelReason>> {
+    let reason = cancellation.reason();
+    if reason.is_some_and(|r| r != CancelReason::Shutdown) {
+        return Err(reason);
+    }
+    if let Ok(permit) = Arc::clone(&shared.run_slots).try_acquire_owned() {
+        // A job fetched during shutdown starts with its token cancelled, as without
+        // prefetch: the handler sees it and returns at once.
+        return Ok(permit);
+    }
+    tokio::select! {
+        biased;
+        () = cancellation.cancelled() => Err(cancellation.reason()),
+        p = Arc::clone(&shared.run_slots).acquire_owned() => p.map_err(|_| None),
+    }
 }
 
 /// Tracks a run. One entry per job: a newer run of the same job (requeued, or recovered after
@@ -108,23 +134,29 @@ fn unregister(shared: &Shared, job: &FetchedJob) -> bool {
     ours
 }
 
-async fn run(shared: Arc<Shared>, job: FetchedJob, cancellation: Cancellation, started: Instant) {
-    let name: Arc<str> = Arc::from(job.name.as_str());
-    shared.counters.started.fetch_add(1, Ordering::Relaxed);
-    let metrics = shared.job_metrics.start(&job);
-    tracing::debug!("job started");
-
-    let ctx = JobContext {
-        id: job.id,
-        name,
-        queue: Arc::from(job.queue.as_str()),
-        attempt: job.attempt,
-        max_attempts: job.retry.max_attempts(),
-        cancellation: cancellation.clone(),
-        state: Arc::clone(&shared.state),
+async fn run(shared: Arc<Shared>, job: FetchedJob, cancellation: Cancellation) {
+    let (ended, metrics, duration) = match take_worker(&shared, &cancellation).await {
+        Ok(worker) => {
+            let started = Instant::now();
+            shared.counters.started.fetch_add(1, Ordering::Relaxed);
+            let metrics = shared.job_metrics.start(&job);
+            tracing::debug!("job started");
+            let ctx = JobContext {
+                id: job.id,
+                name: Arc::from(job.name.as_str()),
+                queue: Arc::from(job.queue.as_str()),
+                attempt: job.attempt,
+                max_attempts: job.retry.max_attempts(),
+                cancellation: cancellation.clone(),
+                state: Arc::clone(&shared.state),
+            };
+            let ended = execute(&shared, &job, ctx, &cancellation).await;
+            drop(worker);
+            (ended, Some(metrics), started.elapsed())
+        }
+        Err(Some(CancelReason::Shutdown)) => (Ended::NotStarted, None, Duration::ZERO),
+        Err(_) => (Ended::Abandoned, None, Duration::ZERO),
     };
-    let ended = execute(&shared, &job, ctx, &cancellation).await;
-    let duration = started.elapsed();
 
     let now = Utc::now();
     let outcome = match ended {
@@ -135,6 +167,9 @@ async fn run(shared: Arc<Shared>, job: FetchedJob, cancellation: Cancellation, s
         Ended::Returned(Ok(())) => Outcome::Succeeded,
         Ended::Aborted => Outcome::HandedBack {
             reason: "the server shut down before the job finished".into(),
+        },
+        Ended::NotStarted => Outcome::HandedBack {
+            reason: "the server shut down before a worker took the job".into(),
         },
         Ended::Returned(Err(_)) if cancellation.reason() == Some(CancelReason::Shutdown) => {
             Outcome::HandedBack {
@@ -164,7 +199,7 @@ async fn run(shared: Arc<Shared>, job: FetchedJob, cancellation: Cancellation, s
         shared.unwritten().insert(job.id, job.lease);
     }
     unregister(&shared, &job);
-    if let Some(ended) = AttemptOutcome::of(&outcome) {
+    if let (Some(metrics), Some(ended)) = (metrics, AttemptOutcome::of(&outcome)) {
         metrics.finish(ended, duration);
         let span = tracing::Span::current();
         span.record("job.outcome", ended.as_str());
