@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use firelane::{Client, Job, JobContext, JobError, JobQuery, JobState, Server, Storage};
+use firelane::{
+    Client, Job, JobContext, JobError, JobQuery, JobState, Prefetch, Server, ServerBuilder, Storage,
+};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -36,6 +38,11 @@ pub(crate) struct BenchArgs {
     /// Worker slots of the server (drain, latency).
     #[arg(long, default_value_t = 50)]
     concurrency: usize,
+    /// At most how many jobs the server leases beyond its free workers, at its pace (drain,
+    /// latency; default: the server's default, four per worker); see
+    /// `ServerBuilder::prefetch`.
+    #[arg(long)]
+    prefetch: Option<usize>,
     /// Samples (latency).
     #[arg(long, default_value_t = 300)]
     samples: usize,
@@ -54,6 +61,8 @@ struct Report {
     scenario: Scenario,
     jobs: Option<usize>,
     concurrency: usize,
+    /// The prefetch maximum, when set.
+    prefetch: Option<usize>,
     enqueue_per_s: Option<f64>,
     drain_per_s: Option<f64>,
     p50_ms: Option<f64>,
@@ -241,6 +250,15 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
         .copied()
 }
 
+/// A server with the run's workers and prefetch.
+fn server_builder(storage: &Arc<dyn Storage>, args: &BenchArgs) -> ServerBuilder {
+    let builder = Server::builder(Arc::clone(storage)).workers(args.concurrency);
+    match args.prefetch {
+        Some(jobs) => builder.prefetch(Prefetch::paced(jobs)),
+        None => builder,
+    }
+}
+
 pub(crate) async fn run(url: &str, args: BenchArgs) -> CliResult<ExitCode> {
     if args.concurrency == 0 || args.jobs == 0 || args.samples == 0 {
         return Err(CliError::new(
@@ -258,6 +276,7 @@ pub(crate) async fn run(url: &str, args: BenchArgs) -> CliResult<ExitCode> {
         scenario: args.scenario,
         jobs: None,
         concurrency: args.concurrency,
+        prefetch: args.prefetch,
         enqueue_per_s: None,
         drain_per_s: None,
         p50_ms: None,
@@ -276,9 +295,8 @@ pub(crate) async fn run(url: &str, args: BenchArgs) -> CliResult<ExitCode> {
             report.enqueue_per_s = Some(enqueue_all(&client, args.jobs).await?);
             let bar = progress(args.jobs as u64, "drain");
             let start = Instant::now();
-            let server = Server::builder(Arc::clone(&storage))
+            let server = server_builder(&storage, &args)
                 .register(BenchNoop)
-                .workers(args.concurrency)
                 .start()
                 .await?;
             // Done when nothing is waiting or running; the count is then checked once. The
@@ -316,9 +334,8 @@ pub(crate) async fn run(url: &str, args: BenchArgs) -> CliResult<ExitCode> {
             report.drain_per_s = Some(args.jobs as f64 / elapsed.as_secs_f64());
         }
         Scenario::Idle => {
-            let server = Server::builder(Arc::clone(&storage))
+            let server = server_builder(&storage, &args)
                 .register(BenchNoop)
-                .workers(args.concurrency)
                 .start()
                 .await?;
             // Let start-up work (migrations, first heartbeat, first recovery pass) pass.
@@ -333,10 +350,9 @@ pub(crate) async fn run(url: &str, args: BenchArgs) -> CliResult<ExitCode> {
         }
         Scenario::Latency => {
             let (tx, mut rx) = mpsc::unbounded_channel();
-            let server = Server::builder(Arc::clone(&storage))
+            let server = server_builder(&storage, &args)
                 .register(BenchPing)
                 .state(PingTx(tx))
-                .workers(args.concurrency)
                 .start()
                 .await?;
             let bar = progress(args.samples as u64, "latency");
