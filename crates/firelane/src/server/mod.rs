@@ -129,7 +129,7 @@ impl Default for Config {
 
 impl Config {
     /// The default maximum of jobs leased ahead, per worker.
-    const PREFETCH_PER_WORKER: usize = 4;
+    const PREFETCH_PER_WORKER: usize = 8;
 
     pub(crate) fn prefetch(&self) -> Prefetch {
         self.prefetch.unwrap_or(Prefetch::paced(
@@ -173,7 +173,7 @@ impl ServerBuilder {
     }
 
     /// How many jobs this server leases beyond its free workers, to start as soon as a
-    /// worker is free (default: [`Prefetch::paced`], up to four per worker).
+    /// worker is free (default: [`Prefetch::paced`], up to eight per worker).
     ///
     /// With short jobs, workers then do not wait for the store between jobs, and the store
     /// writes and fetches in larger batches. The jobs taken ahead are Processing in the store
