@@ -39,7 +39,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 50)]
     concurrency: usize,
     /// At most how many jobs the server leases beyond its free workers, at its pace (drain,
-    /// latency; default: the server's default, eight per worker); see
+    /// latency; default: the server's default, sixteen per worker); see
     /// `ServerBuilder::prefetch`.
     #[arg(long)]
     prefetch: Option<usize>,

@@ -129,11 +129,15 @@ impl Default for Config {
 
 impl Config {
     /// The default maximum of jobs leased ahead, per worker.
-    const PREFETCH_PER_WORKER: usize = 8;
+    const PREFETCH_PER_WORKER: usize = 16;
+    /// The default maximum of jobs leased ahead, whatever the workers.
+    const PREFETCH_DEFAULT_MAX: usize = 10_000;
 
     pub(crate) fn prefetch(&self) -> Prefetch {
         self.prefetch.unwrap_or(Prefetch::paced(
-            self.workers.saturating_mul(Self::PREFETCH_PER_WORKER),
+            self.workers
+                .saturating_mul(Self::PREFETCH_PER_WORKER)
+                .min(Self::PREFETCH_DEFAULT_MAX),
         ))
     }
 }
@@ -173,7 +177,7 @@ impl ServerBuilder {
     }
 
     /// How many jobs this server leases beyond its free workers, to start as soon as a
-    /// worker is free (default: [`Prefetch::paced`], up to eight per worker).
+    /// worker is free (default: [`Prefetch::paced`], up to sixteen per worker).
     ///
     /// With short jobs, workers then do not wait for the store between jobs, and the store
     /// writes and fetches in larger batches. The jobs taken ahead are Processing in the store
@@ -919,6 +923,22 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn the_default_prefetch_follows_the_workers_within_the_limits() {
+        let with = |workers| Config {
+            workers,
+            ..Config::default()
+        };
+        assert_eq!(with(50).prefetch(), Prefetch::paced(800));
+        // The most workers allowed still pass the check on the prefetch.
+        assert_eq!(with(10_000).prefetch(), Prefetch::paced(10_000));
+        let set = Config {
+            prefetch: Some(Prefetch::off()),
+            ..with(50)
+        };
+        assert_eq!(set.prefetch(), Prefetch::off());
+    }
 
     #[test]
     fn a_fresh_pace_leases_nothing_ahead() {
