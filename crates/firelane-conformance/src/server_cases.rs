@@ -745,6 +745,94 @@ pub async fn a_job_deleted_while_leased_ahead_never_starts(store: Arc<dyn Storag
     assert_eq!(report.handed_back, 0);
 }
 
+/// Jobs leased ahead start in the order they were fetched (priority, then arrival).
+pub async fn jobs_leased_ahead_start_in_fetch_order(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe)
+        .workers(1)
+        .prefetch(Prefetch::fixed(6))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let blocker = client
+        .enqueue(act(Act::AwaitCancel("blocker".into())))
+        .await
+        .unwrap();
+    eventually("the blocker to start", WAIT, || async {
+        (probe.started.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    let mut ids = client
+        .enqueue_many((0..5).map(|i| act(Act::Succeed(format!("a{i}")))))
+        .await
+        .unwrap();
+    for id in &ids {
+        wait_state(&client, *id, JobState::Processing).await;
+    }
+    ids.push(
+        client
+            .enqueue(act(Act::Succeed("urgent".into())).priority(5))
+            .await
+            .unwrap(),
+    );
+    for id in &ids {
+        wait_state(&client, *id, JobState::Processing).await;
+    }
+    client.delete(blocker).await.unwrap();
+    for id in &ids {
+        wait_state(&client, *id, JobState::Succeeded).await;
+    }
+    let order: Vec<String> = probe
+        .order()
+        .into_iter()
+        .filter(|k| k != "blocker")
+        .collect();
+    // The urgent job was enqueued after the others were leased ahead: it waits its turn.
+    assert_eq!(order, ["a0", "a1", "a2", "a3", "a4", "urgent"]);
+    server.shutdown().await.unwrap();
+}
+
+/// A paced server (the default) leases nothing ahead while its jobs are slow: every job it
+/// holds is one a worker runs, and the others wait in the queue for any server.
+pub async fn a_paced_server_leases_nothing_ahead_of_slow_jobs(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let server = builder(&store, &probe).workers(1).start().await.unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let blocker = client
+        .enqueue(act(Act::AwaitCancel("blocker".into())))
+        .await
+        .unwrap();
+    eventually("the blocker to start", WAIT, || async {
+        (probe.started.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    // Each enqueue wakes the server; several poll intervals pass too.
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            client
+                .enqueue(act(Act::Succeed(format!("slow{i}"))))
+                .await
+                .unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for id in &ids {
+        assert_eq!(
+            client.job(*id).await.unwrap().job.state,
+            JobState::Enqueued,
+            "{id} was leased while the only worker was busy"
+        );
+    }
+    client.delete(blocker).await.unwrap();
+    for id in &ids {
+        wait_state(&client, *id, JobState::Succeeded).await;
+    }
+    server.shutdown().await.unwrap();
+}
+
 /// Queues are served in the order given, and higher priority first within a queue.
 pub async fn queue_and_priority_order(store: Arc<dyn Storage>) {
     let probe = Probe::default();
@@ -1736,6 +1824,8 @@ macro_rules! server_suite {
             two_servers_run_each_job_once,
             jobs_leased_ahead_wait_and_are_handed_back,
             a_job_deleted_while_leased_ahead_never_starts,
+            jobs_leased_ahead_start_in_fetch_order,
+            a_paced_server_leases_nothing_ahead_of_slow_jobs,
             watchdog_recovers_a_dead_servers_job,
             state_is_injected_and_checked,
             builder_refuses_bad_settings,

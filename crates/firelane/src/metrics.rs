@@ -18,7 +18,7 @@
 //! | `firelane_job_duration_seconds` | histogram | `job`, `queue`, `outcome` | how long attempts ran; `outcome` is `succeeded`, `retried`, `failed`, `snoozed`, `cancelled` or `handed_back` |
 //! | `firelane_job_pickup_latency_seconds` | histogram | `job`, `queue` | from the moment a job entered its queue to the start of the attempt |
 //! | `firelane_queue_depth` | gauge | `queue` | jobs waiting in the queue |
-//! | `firelane_queue_processing` | gauge | `queue` | jobs of the queue running now |
+//! | `firelane_queue_processing` | gauge | `queue` | jobs of the queue processing now (running, or leased ahead and waiting for a worker) |
 //! | `firelane_queue_oldest_job_age_seconds` | gauge | `queue` | age of the job next in line (0 when the queue is empty) |
 //! | `firelane_queue_paused` | gauge | `queue` | 1 while the queue is paused, else 0 |
 //! | `firelane_jobs` | gauge | `state` | jobs per state (`enqueued`, `scheduled`, `processing`, `succeeded`, `failed`, `deleted`, `awaiting`) |

@@ -151,20 +151,39 @@ pub(super) async fn fetcher(shared: Arc<Shared>) {
     loop {
         let mut permits = Vec::new();
         if woken {
-            // Work is waiting: wait for a free worker rather than drop the wake-up. (The
-            // completer may hold every slot for its refill, and that refill may have read the
-            // queue just before the job that woke us was committed.)
-            tokio::select! {
-                biased;
-                () = shared.stop.cancelled() => return,
-                p = Arc::clone(&shared.lease_slots).acquire_owned() => match p {
-                    Ok(p) => permits.push(p),
-                    Err(_) => return,
-                },
+            // Work is waiting: wait for a slot this fetch may take rather than drop the
+            // wake-up. (The completer may hold every slot for its refill, and that refill may
+            // have read the queue just before the job that woke us was committed.) Not any
+            // free lease slot: those beyond the workers are for the prefetch to give (see
+            // `Shared::takeable_slots`), and a wake-up alone is no reason to lease a job ahead
+            // of a paced server's busy workers. A worker set free, or a poll interval passed,
+            // is a reason to look again.
+            while shared.takeable_slots() == 0 {
+                tokio::select! {
+                    biased;
+                    () = shared.stop.cancelled() => return,
+                    p = Arc::clone(&shared.run_slots).acquire_owned() => match p {
+                        Ok(p) => {
+                            drop(p);
+                            break;
+                        }
+                        Err(_) => return,
+                    },
+                    () = tokio::time::sleep(shared.config.poll_interval) => {}
+                }
             }
         }
         take_free_slots(&shared, &mut permits);
         let wanted = permits.len();
+        if wanted == 0 && woken {
+            // A worker was free, but its job still holds its lease slot while it hands over
+            // its outcome (or the completer's refill took the slot): look again shortly.
+            tokio::select! {
+                () = shared.stop.cancelled() => return,
+                () = tokio::time::sleep(backoff.next()) => {}
+            }
+            continue;
+        }
         let full = if wanted == 0 {
             false
         } else {
@@ -307,7 +326,7 @@ pub(super) async fn completer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Comple
         }
         if !flights.is_empty() && batch.len() < limit && !shared.completer_close.is_cancelled() {
             // Another batch is in the store: give the jobs finishing now a moment to join.
-            let target = (batch.len() + shared.running().len()).min(limit);
+            let target = (batch.len() + shared.running_jobs()).min(limit);
             let linger = tokio::time::sleep(LINGER);
             tokio::pin!(linger);
             while batch.len() < target {
@@ -407,7 +426,10 @@ async fn write_alone(shared: &Shared, completion: Completion) {
     let mut backoff = Backoff::new();
     for attempt in 1..=5 {
         match shared.storage.complete(vec![completion.clone()]).await {
-            Ok(_) => break,
+            Ok(_) => {
+                shared.finished(1);
+                break;
+            }
             Err(e) if attempt == 5 => {
                 tracing::error!(job.id = %completion.id, error = %e, "the store refuses this job's outcome; it will be recovered when its lease lapses");
             }

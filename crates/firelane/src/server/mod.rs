@@ -13,7 +13,7 @@ mod runner;
 pub use observe::HealthCheck;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -181,8 +181,10 @@ impl ServerBuilder {
     ///
     /// With short jobs, workers then do not wait for the store between jobs, and the store
     /// writes and fetches in larger batches. The jobs taken ahead are Processing in the store
-    /// while they wait; their leases are extended like running jobs', a revocation (a
-    /// delete, a requeue) drops them, and a shutdown hands them back at once.
+    /// while they wait, and start in the order they were fetched; their leases are extended
+    /// like running jobs', a revocation (a delete, a requeue) drops them, and a shutdown
+    /// hands them back at once, attempt not counted. A job enqueued later, even of higher
+    /// priority, starts after those already leased ahead. At most 100,000.
     ///
     /// ```
     /// # async fn demo(storage: std::sync::Arc<dyn firelane::Storage>) {
@@ -318,6 +320,7 @@ impl ServerBuilder {
             .await?;
 
         let (completion_tx, completion_rx) = mpsc::channel(config.workers * 4 + 1024);
+        let (waiting_tx, waiting_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             storage,
             handlers,
@@ -327,6 +330,8 @@ impl ServerBuilder {
             lease_slots: Arc::new(Semaphore::new(config.workers + config.prefetch().max)),
             run_slots: Arc::new(Semaphore::new(config.workers)),
             pace: Mutex::new(Pace::new()),
+            waiting_tx,
+            waiting: AtomicUsize::new(0),
             running: Mutex::new(HashMap::new()),
             unwritten: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
@@ -346,7 +351,7 @@ impl ServerBuilder {
         });
         #[cfg(feature = "metrics")]
         crate::metrics::describe();
-        let server = Server::spawn(shared, completion_rx);
+        let server = Server::spawn(shared, completion_rx, waiting_rx);
         tracing::info!(server = %server.id(), "firelane server started");
         Ok(server)
     }
@@ -504,9 +509,12 @@ impl Prefetch {
     }
 
     /// As many as the server's workers finish in about 25 ms at their recent pace, up to
-    /// `max`. Jobs that take a second or more are then not leased ahead at all, and a job
-    /// leased ahead waits for a worker about 25 ms, not while another server sits idle. A
-    /// server just started, or idle for a second, leases none ahead until jobs finish again.
+    /// `max`: about workers × 25 ms ÷ the jobs' duration, rounded down. So a job leased ahead
+    /// expects a worker within about 25 ms, not while another server sits idle: 20 workers
+    /// running one-second jobs lease none ahead, 50 workers on 10 ms jobs lease about 125. A
+    /// server just started, or with no outcome for a second, leases none ahead until jobs
+    /// finish again; within that second after a burst of short jobs, longer ones that follow
+    /// may still be leased ahead at the burst's pace.
     pub const fn paced(max: usize) -> Self {
         Prefetch { max, paced: true }
     }
@@ -605,6 +613,8 @@ pub(crate) struct Counters {
     pub(crate) succeeded: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) handed_back: AtomicU64,
+    /// Outcomes sent to the completer, of every kind.
+    pub(crate) ended: AtomicU64,
     pub(crate) loop_restarts: AtomicU64,
 }
 
@@ -623,6 +633,10 @@ pub(crate) struct Shared {
     pub(crate) run_slots: Arc<Semaphore>,
     /// How fast this server's jobs finish, for how many to lease ahead.
     pub(crate) pace: Mutex<Pace>,
+    /// Jobs leased ahead, in fetch order, for the dispatcher to give workers to.
+    pub(crate) waiting_tx: mpsc::UnboundedSender<runner::Waiting>,
+    /// How many jobs are in `waiting_tx` and not yet given a worker.
+    pub(crate) waiting: AtomicUsize,
     pub(crate) running: Mutex<HashMap<JobId, RunningJob>>,
     /// Finished jobs whose outcome is not written yet: their leases are still extended, so that
     /// a store outage longer than the lease does not hand them to another server.
@@ -725,6 +739,7 @@ pub struct Server {
     loops: Vec<JoinHandle<()>>,
     completer: Option<JoinHandle<()>>,
     heartbeat: Option<JoinHandle<()>>,
+    dispatcher: AbortHandle,
 }
 
 impl std::fmt::Debug for Server {
@@ -743,7 +758,8 @@ impl std::fmt::Debug for Server {
 pub struct ShutdownReport {
     /// Jobs that finished during the shutdown timeout.
     pub finished: usize,
-    /// Jobs that did not finish in time and were handed back to their queues.
+    /// Jobs handed back to their queues, attempt not counted: those that did not finish in
+    /// time, and those leased ahead that had not started.
     pub handed_back: usize,
 }
 
@@ -790,7 +806,11 @@ impl Server {
         HealthCheck::new(&self.shared)
     }
 
-    fn spawn(shared: Arc<Shared>, completion_rx: mpsc::Receiver<Completion>) -> Self {
+    fn spawn(
+        shared: Arc<Shared>,
+        completion_rx: mpsc::Receiver<Completion>,
+        waiting_rx: mpsc::UnboundedReceiver<runner::Waiting>,
+    ) -> Self {
         // The fetcher first: shutdown waits for it before telling running jobs.
         #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
         let mut named = vec![
@@ -825,12 +845,15 @@ impl Server {
             loops::supervise("metrics", &shared, observe::sample_gauges),
         ));
         let completer = tokio::spawn(loops::completer(Arc::clone(&shared), completion_rx));
+        // Not restarted: it holds the waiting jobs' channel. It only moves jobs along.
+        let dispatcher = tokio::spawn(runner::dispatcher(Arc::clone(&shared), waiting_rx));
         let heartbeat = loops::supervise("heartbeat", &shared, loops::heartbeat);
         let mut handles: Vec<(&'static str, AbortHandle)> = named
             .iter()
             .map(|(name, h)| (*name, h.abort_handle()))
             .collect();
         handles.push(("completer", completer.abort_handle()));
+        handles.push(("dispatcher", dispatcher.abort_handle()));
         handles.push(("heartbeat", heartbeat.abort_handle()));
         let _ = shared.loop_handles.set(handles);
         let loops = named.into_iter().map(|(_, h)| h).collect();
@@ -839,6 +862,7 @@ impl Server {
             loops,
             completer: Some(completer),
             heartbeat: Some(heartbeat),
+            dispatcher: dispatcher.abort_handle(),
         }
     }
 
@@ -848,6 +872,8 @@ impl Server {
     pub async fn shutdown(mut self) -> Result<ShutdownReport> {
         let shared = Arc::clone(&self.shared);
         let running_at_start = shared.running().len();
+        let ended_before = shared.counters.ended.load(Ordering::Relaxed);
+        let handed_back_before = shared.counters.handed_back.load(Ordering::Relaxed);
         tracing::info!(server = %shared.info.id, running = running_at_start, "firelane server shutting down");
         shared.stop.cancel();
         // The fetcher registers what it fetched before it stops; wait for it, then tell every
@@ -892,8 +918,13 @@ impl Server {
         if let Some(h) = self.heartbeat.take() {
             let _ = h.await;
         }
-        let handed_back = usize::try_from(shared.counters.handed_back.load(Ordering::Relaxed))
-            .unwrap_or(usize::MAX);
+        self.dispatcher.abort();
+        // Counted from the outcomes, which include jobs a fetch in flight brought in after
+        // the shutdown began.
+        let handed_back = shared.counters.handed_back.load(Ordering::Relaxed) - handed_back_before;
+        let ended = shared.counters.ended.load(Ordering::Relaxed) - ended_before;
+        let finished = usize::try_from(ended - handed_back).unwrap_or(usize::MAX);
+        let handed_back = usize::try_from(handed_back).unwrap_or(usize::MAX);
         // Every outcome is written by now; a server record left behind is removed by the other
         // servers' watchdogs once it is silent for dead_after.
         if let Err(e) = shared.storage.remove_server(&shared.info.id).await {
@@ -901,7 +932,7 @@ impl Server {
         }
         tracing::info!(server = %shared.info.id, handed_back, "firelane server stopped");
         Ok(ShutdownReport {
-            finished: running_at_start.saturating_sub(handed_back),
+            finished,
             handed_back,
         })
     }
@@ -915,6 +946,7 @@ impl Drop for Server {
         self.shared.hard_stop.cancel();
         self.shared.completer_close.cancel();
         self.shared.heartbeat_stop.cancel();
+        self.dispatcher.abort();
     }
 }
 

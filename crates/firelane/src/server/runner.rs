@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::Instrument;
 
 use super::{RunningJob, Shared};
@@ -61,17 +61,73 @@ pub(crate) fn spawn(shared: Arc<Shared>, job: FetchedJob, lease: OwnedSemaphoreP
     // right after the fetch already knows the job, also while it waits for a worker.
     let cancellation = Cancellation::new();
     register(&shared, &job, &cancellation, Instant::now());
+    // In fetch order: straight to a free worker while no job waits before this one, else
+    // behind the others (see `dispatcher`).
+    if shared.waiting.load(Ordering::SeqCst) == 0
+        && let Ok(worker) = Arc::clone(&shared.run_slots).try_acquire_owned()
+    {
+        start(shared, job, lease, cancellation, span, Ok(worker));
+        return;
+    }
+    shared.waiting.fetch_add(1, Ordering::SeqCst);
+    let waiting = Waiting {
+        job,
+        lease,
+        cancellation,
+        span,
+    };
+    if shared.waiting_tx.send(waiting).is_err() {
+        // The server was dropped: the job keeps its lease until it lapses, and is recovered.
+        shared.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A fetched job waiting for a worker: leased ahead ([`crate::Prefetch`]).
+pub(crate) struct Waiting {
+    job: FetchedJob,
+    lease: OwnedSemaphorePermit,
+    cancellation: Cancellation,
+    span: tracing::Span,
+}
+
+/// Gives free workers to the jobs waiting for one, one at a time in the order they were
+/// fetched (so in priority order within a fetch). A job cancelled while it waits (the server
+/// stops, its lease is revoked) is passed on without a worker, as soon as it is first in line.
+pub(super) async fn dispatcher(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Waiting>) {
+    while let Some(w) = rx.recv().await {
+        let worker = take_worker(&shared, &w.cancellation).await;
+        shared.waiting.fetch_sub(1, Ordering::SeqCst);
+        start(
+            Arc::clone(&shared),
+            w.job,
+            w.lease,
+            w.cancellation,
+            w.span,
+            worker,
+        );
+    }
+}
+
+/// Runs the job's task: with a worker, or without one to record that it never started.
+fn start(
+    shared: Arc<Shared>,
+    job: FetchedJob,
+    lease: OwnedSemaphorePermit,
+    cancellation: Cancellation,
+    span: tracing::Span,
+    worker: Result<OwnedSemaphorePermit, Option<CancelReason>>,
+) {
     tokio::spawn(
         async move {
             let _lease = lease;
-            run(shared, job, cancellation).await;
+            run(shared, job, cancellation, worker).await;
         }
         .instrument(span),
     );
 }
 
-/// Waits for a free worker; `Err` with the reason if the job is cancelled first (the server
-/// shuts down, or its lease is revoked), so that it never starts.
+/// Waits for a free worker; `Err` with the reason if the job is cancelled or the server
+/// stops first, so that it never starts.
 async fn take_worker(
     shared: &Shared,
     cancellation: &Cancellation,
@@ -80,14 +136,15 @@ async fn take_worker(
     if reason.is_some_and(|r| r != CancelReason::Shutdown) {
         return Err(reason);
     }
-    if let Ok(permit) = Arc::clone(&shared.run_slots).try_acquire_owned() {
-        // A job fetched during shutdown starts with its token cancelled, as without
-        // prefetch: the handler sees it and returns at once.
-        return Ok(permit);
+    if shared.stop.is_cancelled() {
+        return Err(Some(CancelReason::Shutdown));
     }
     tokio::select! {
         biased;
         () = cancellation.cancelled() => Err(cancellation.reason()),
+        // Shutdown fires the tokens only once the fetcher has stopped; a job not started by
+        // then is handed back at once, without waiting for a worker.
+        () = shared.stop.cancelled() => Err(Some(CancelReason::Shutdown)),
         p = Arc::clone(&shared.run_slots).acquire_owned() => p.map_err(|_| None),
     }
 }
@@ -134,8 +191,13 @@ fn unregister(shared: &Shared, job: &FetchedJob) -> bool {
     ours
 }
 
-async fn run(shared: Arc<Shared>, job: FetchedJob, cancellation: Cancellation) {
-    let (ended, metrics, duration) = match take_worker(&shared, &cancellation).await {
+async fn run(
+    shared: Arc<Shared>,
+    job: FetchedJob,
+    cancellation: Cancellation,
+    worker: Result<OwnedSemaphorePermit, Option<CancelReason>>,
+) {
+    let (ended, metrics, duration) = match worker {
         Ok(worker) => {
             let started = Instant::now();
             shared.counters.started.fetch_add(1, Ordering::Relaxed);
@@ -226,6 +288,7 @@ async fn run(shared: Arc<Shared>, job: FetchedJob, cancellation: Cancellation) {
         }
         _ => tracing::debug!(?outcome, "job ended"),
     }
+    shared.counters.ended.fetch_add(1, Ordering::Relaxed);
     let completion = Completion::new(
         job.id,
         job.lease,
