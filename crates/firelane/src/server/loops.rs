@@ -326,7 +326,8 @@ pub(super) async fn completer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Comple
         }
         if !flights.is_empty() && batch.len() < limit && !shared.completer_close.is_cancelled() {
             // Another batch is in the store: give the jobs finishing now a moment to join.
-            let target = (batch.len() + shared.running_jobs()).min(limit);
+            // Jobs leased ahead count: short ones start and finish within the linger.
+            let target = (batch.len() + shared.running().len()).min(limit);
             let linger = tokio::time::sleep(LINGER);
             tokio::pin!(linger);
             while batch.len() < target {
