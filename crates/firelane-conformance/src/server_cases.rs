@@ -640,18 +640,16 @@ pub async fn shutdown_hands_back_unfinished_jobs(store: Arc<dyn Storage>) {
     }
 }
 
-/// Jobs leased ahead of a busy worker wait without starting, keep their leases for longer than
-/// a lease lasts, and are handed back at once by a shutdown, their attempt not counted.
-pub async fn jobs_leased_ahead_wait_and_are_handed_back(store: Arc<dyn Storage>) {
-    let probe = Probe::default();
-    let server = builder(&store, &probe)
-        .workers(1)
-        .prefetch(Prefetch::fixed(3))
-        .lease(Duration::from_millis(500))
-        .start()
-        .await
-        .unwrap();
-    let client = Client::new(Arc::clone(&store));
+/// Starts `server` (one worker), keeps its worker busy with a job that runs until it is
+/// cancelled, and waits until that job has started: returns the server, a client and the busy
+/// job's id (delete it to free the worker).
+async fn with_busy_worker(
+    store: &Arc<dyn Storage>,
+    probe: &Probe,
+    server: ServerBuilder,
+) -> (Server, Client, JobId) {
+    let server = server.workers(1).start().await.unwrap();
+    let client = Client::new(Arc::clone(store));
     let blocker = client
         .enqueue(act(Act::AwaitCancel("blocker".into())))
         .await
@@ -659,6 +657,21 @@ pub async fn jobs_leased_ahead_wait_and_are_handed_back(store: Arc<dyn Storage>)
     eventually("the blocker to start", WAIT, || async {
         (probe.started.load(Ordering::SeqCst) == 1).then_some(())
     })
+    .await;
+    (server, client, blocker)
+}
+
+/// Jobs leased ahead of a busy worker wait without starting, keep their leases for longer than
+/// a lease lasts, and are handed back at once by a shutdown, their attempt not counted.
+pub async fn jobs_leased_ahead_wait_and_are_handed_back(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let (server, client, blocker) = with_busy_worker(
+        &store,
+        &probe,
+        builder(&store, &probe)
+            .prefetch(Prefetch::fixed(3))
+            .lease(Duration::from_millis(500)),
+    )
     .await;
     let ahead = client
         .enqueue_many((0..3).map(|i| act(Act::Succeed(format!("ahead{i}")))))
@@ -705,20 +718,11 @@ pub async fn jobs_leased_ahead_wait_and_are_handed_back(store: Arc<dyn Storage>)
 /// A job deleted while it waits, leased ahead, for a worker never starts; the next one does.
 pub async fn a_job_deleted_while_leased_ahead_never_starts(store: Arc<dyn Storage>) {
     let probe = Probe::default();
-    let server = builder(&store, &probe)
-        .workers(1)
-        .prefetch(Prefetch::fixed(2))
-        .start()
-        .await
-        .unwrap();
-    let client = Client::new(Arc::clone(&store));
-    let blocker = client
-        .enqueue(act(Act::AwaitCancel("blocker".into())))
-        .await
-        .unwrap();
-    eventually("the blocker to start", WAIT, || async {
-        (probe.started.load(Ordering::SeqCst) == 1).then_some(())
-    })
+    let (server, client, blocker) = with_busy_worker(
+        &store,
+        &probe,
+        builder(&store, &probe).prefetch(Prefetch::fixed(2)),
+    )
     .await;
     let deleted = client
         .enqueue(act(Act::Succeed("deleted".into())))
@@ -748,20 +752,11 @@ pub async fn a_job_deleted_while_leased_ahead_never_starts(store: Arc<dyn Storag
 /// Jobs leased ahead start in the order they were fetched (priority, then arrival).
 pub async fn jobs_leased_ahead_start_in_fetch_order(store: Arc<dyn Storage>) {
     let probe = Probe::default();
-    let server = builder(&store, &probe)
-        .workers(1)
-        .prefetch(Prefetch::fixed(6))
-        .start()
-        .await
-        .unwrap();
-    let client = Client::new(Arc::clone(&store));
-    let blocker = client
-        .enqueue(act(Act::AwaitCancel("blocker".into())))
-        .await
-        .unwrap();
-    eventually("the blocker to start", WAIT, || async {
-        (probe.started.load(Ordering::SeqCst) == 1).then_some(())
-    })
+    let (server, client, blocker) = with_busy_worker(
+        &store,
+        &probe,
+        builder(&store, &probe).prefetch(Prefetch::fixed(6)),
+    )
     .await;
     let mut ids = client
         .enqueue_many((0..5).map(|i| act(Act::Succeed(format!("a{i}")))))
@@ -797,16 +792,7 @@ pub async fn jobs_leased_ahead_start_in_fetch_order(store: Arc<dyn Storage>) {
 /// holds is one a worker runs, and the others wait in the queue for any server.
 pub async fn a_paced_server_leases_nothing_ahead_of_slow_jobs(store: Arc<dyn Storage>) {
     let probe = Probe::default();
-    let server = builder(&store, &probe).workers(1).start().await.unwrap();
-    let client = Client::new(Arc::clone(&store));
-    let blocker = client
-        .enqueue(act(Act::AwaitCancel("blocker".into())))
-        .await
-        .unwrap();
-    eventually("the blocker to start", WAIT, || async {
-        (probe.started.load(Ordering::SeqCst) == 1).then_some(())
-    })
-    .await;
+    let (server, client, blocker) = with_busy_worker(&store, &probe, builder(&store, &probe)).await;
     // Each enqueue wakes the server; several poll intervals pass too.
     let mut ids = Vec::new();
     for i in 0..5 {
