@@ -715,6 +715,57 @@ pub async fn jobs_leased_ahead_wait_and_are_handed_back(store: Arc<dyn Storage>)
     );
 }
 
+/// A shutdown hands back the jobs waiting for a worker as soon as it begins, even while the
+/// fetcher is still inside a slow fetch and a worker comes free meanwhile.
+pub async fn shutdown_during_a_slow_fetch_hands_back_waiting_jobs(store: Arc<dyn Storage>) {
+    let probe = Probe::default();
+    let flaky = FlakyStore::new(Arc::clone(&store));
+    let slow: Arc<dyn Storage> = flaky.clone();
+    let server = builder(&slow, &probe)
+        .workers(1)
+        .prefetch(Prefetch::fixed(3))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(Arc::clone(&store));
+    let busy = client
+        .enqueue(act(Act::Sleep("busy".into(), 600)))
+        .await
+        .unwrap();
+    eventually("the busy job to start", WAIT, || async {
+        (probe.started.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    let ahead = client
+        .enqueue_many((0..2).map(|i| act(Act::Succeed(format!("ahead{i}")))))
+        .await
+        .unwrap();
+    for id in &ahead {
+        wait_state(&client, *id, JobState::Processing).await;
+    }
+    // One lease slot is free: the next poll (every 50 ms) fetches, and takes 2 s.
+    flaky.fetch_delay_ms.store(2000, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The busy job ends 400 ms into the shutdown, while the fetch still runs.
+    let report = server.shutdown().await.unwrap();
+    assert_eq!(
+        probe.runs("ahead0") + probe.runs("ahead1"),
+        0,
+        "no waiting job started"
+    );
+    assert_eq!(report.handed_back, 2);
+    assert_eq!(report.finished, 1);
+    assert_eq!(
+        client.job(busy).await.unwrap().job.state,
+        JobState::Succeeded
+    );
+    for id in &ahead {
+        let d = client.job(*id).await.unwrap();
+        assert_eq!(d.job.state, JobState::Enqueued, "{id}");
+        assert_eq!(d.job.attempt, 0, "{id}");
+    }
+}
+
 /// A job deleted while it waits, leased ahead, for a worker never starts; the next one does.
 pub async fn a_job_deleted_while_leased_ahead_never_starts(store: Arc<dyn Storage>) {
     let probe = Probe::default();
@@ -1048,6 +1099,8 @@ pub struct FlakyStore {
     pub down: std::sync::atomic::AtomicBool,
     /// Only `complete` fails while set.
     pub completions_down: std::sync::atomic::AtomicBool,
+    /// Each `fetch` answers this many milliseconds late (a slow store).
+    pub fetch_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl FlakyStore {
@@ -1056,6 +1109,7 @@ impl FlakyStore {
             inner,
             down: false.into(),
             completions_down: false.into(),
+            fetch_delay_ms: 0.into(),
         })
     }
 
@@ -1085,7 +1139,12 @@ impl Storage for FlakyStore {
     }
     async fn fetch(&self, r: FetchRequest) -> firelane::Result<Vec<firelane::storage::FetchedJob>> {
         self.check("fetch")?;
-        self.inner.fetch(r).await
+        let jobs = self.inner.fetch(r).await;
+        let delay = self.fetch_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        jobs
     }
     async fn complete(
         &self,
@@ -1812,6 +1871,7 @@ macro_rules! server_suite {
             a_job_deleted_while_leased_ahead_never_starts,
             jobs_leased_ahead_start_in_fetch_order,
             a_paced_server_leases_nothing_ahead_of_slow_jobs,
+            shutdown_during_a_slow_fetch_hands_back_waiting_jobs,
             watchdog_recovers_a_dead_servers_job,
             state_is_injected_and_checked,
             builder_refuses_bad_settings,

@@ -61,6 +61,19 @@ pub(crate) fn spawn(shared: Arc<Shared>, job: FetchedJob, lease: OwnedSemaphoreP
     // right after the fetch already knows the job, also while it waits for a worker.
     let cancellation = Cancellation::new();
     register(&shared, &job, &cancellation, Instant::now());
+    if shared.stop.is_cancelled() {
+        // Fetched as the server began to stop (a fetch or refill in flight): handed back
+        // without starting.
+        start(
+            shared,
+            job,
+            lease,
+            cancellation,
+            span,
+            Err(Some(CancelReason::Shutdown)),
+        );
+        return;
+    }
     // In fetch order: straight to a free worker while no job waits before this one, else
     // behind the others (see `dispatcher`).
     if shared.waiting.load(Ordering::SeqCst) == 0
