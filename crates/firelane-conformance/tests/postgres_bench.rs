@@ -9,8 +9,9 @@
 //! `FINISHED` succeeded jobs (default 1,000,000, each with its end in its row, finished an hour
 //! ago, so not yet expired) are written straight into the tables; with `EXPIRED=1` every fifth
 //! of them is then deleted and the tables vacuumed, leaving free space all through the heap,
-//! as expiry does in steady state. Then `JOBS` (100,000) no-op jobs are enqueued and a server with `WORKERS` (50)
-//! drains them; one JSON line gives the rates. `FINISHED=0` is the empty case. Each run starts
+//! as expiry does in steady state. Then the latency of `SAMPLES` (300) jobs run one at a time is
+//! measured as `firelane bench --scenario latency` does, `JOBS` (100,000) no-op jobs are
+//! enqueued and a server with `WORKERS` (50) drains them; one JSON line gives the figures. `FINISHED=0` is the empty case. Each run starts
 //! right after a `CHECKPOINT`.
 #![allow(clippy::unwrap_used)]
 
@@ -22,6 +23,62 @@ use std::time::{Duration, Instant};
 use firelane::{Client, Job, JobContext, JobError, JobQuery, JobState, Server, Storage};
 
 struct BenchNoop;
+
+/// Sends when it started, for the latency samples.
+struct BenchPing;
+
+#[derive(Clone)]
+struct PingTx(tokio::sync::mpsc::UnboundedSender<Instant>);
+
+impl Job for BenchPing {
+    const NAME: &'static str = "firelane_bench_ping";
+    type Args = u64;
+    fn required_state() -> Vec<firelane::StateType> {
+        vec![firelane::StateType::of::<PingTx>()]
+    }
+    async fn run(&self, ctx: JobContext, _: u64) -> Result<(), JobError> {
+        let started = Instant::now();
+        let tx: PingTx = ctx.state()?;
+        let _ = tx.0.send(started);
+        Ok(())
+    }
+}
+
+/// The latency of `firelane bench --scenario latency`: `samples` jobs one at a time, each from
+/// just before its enqueue to its handler's start, after 10 unmeasured ones. Returns the
+/// median and the 99th percentile, in milliseconds.
+async fn latency(storage: &Arc<dyn Storage>, workers: usize, samples: usize) -> (f64, f64) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let server = Server::builder(Arc::clone(storage))
+        .register(BenchPing)
+        .state(PingTx(tx))
+        .workers(workers)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(Arc::clone(storage));
+    let mut ms = Vec::with_capacity(samples);
+    for i in 0..samples + 10 {
+        let before = Instant::now();
+        client
+            .enqueue(BenchPing::with_args(i as u64))
+            .await
+            .unwrap();
+        let started = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if i >= 10 {
+            ms.push(started.duration_since(before).as_secs_f64() * 1000.0);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.shutdown().await.unwrap();
+    ms.sort_by(f64::total_cmp);
+    // Nearest rank, as the bench's report.
+    let at = |p: f64| ms[((p * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
+    (at(0.5), at(0.99))
+}
 
 impl Job for BenchNoop {
     const NAME: &'static str = "firelane_bench_noop";
@@ -98,6 +155,13 @@ async fn drain_beside_finished_jobs() {
     let setup = setup.elapsed();
 
     let storage: Arc<dyn Storage> = Arc::new(scratch);
+    let samples = env("SAMPLES", 300);
+    let (p50_ms, p99_ms) = if samples > 0 {
+        let (p50, p99) = latency(&storage, workers, samples).await;
+        (format!("{p50:.2}"), format!("{p99:.2}"))
+    } else {
+        ("null".to_owned(), "null".to_owned())
+    };
     let client = Client::new(Arc::clone(&storage));
     let start = Instant::now();
     let mut done = 0usize;
@@ -143,14 +207,14 @@ async fn drain_beside_finished_jobs() {
         finished
     };
     let succeeded: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM {s}.jobs WHERE state = 'succeeded'"
+        "SELECT count(*) FROM {s}.jobs WHERE state = 'succeeded' AND name = 'firelane_bench_noop'"
     )))
     .fetch_one(&pool)
     .await
     .unwrap();
     assert_eq!(succeeded, (kept + jobs) as i64);
     println!(
-        "{{\"finished\":{finished},\"expired\":{expired},\"kept\":{kept},\"jobs\":{jobs},\"workers\":{workers},\"setup_s\":{:.1},\"enqueue_per_s\":{enqueue_per_s:.0},\"drain_per_s\":{:.0}}}",
+        "{{\"finished\":{finished},\"expired\":{expired},\"kept\":{kept},\"jobs\":{jobs},\"workers\":{workers},\"setup_s\":{:.1},\"enqueue_per_s\":{enqueue_per_s:.0},\"drain_per_s\":{:.0},\"p50_ms\":{p50_ms},\"p99_ms\":{p99_ms}}}",
         setup.as_secs_f64(),
         jobs as f64 / elapsed.as_secs_f64()
     );
