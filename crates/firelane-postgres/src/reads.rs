@@ -1,5 +1,6 @@
-//! The monitoring queries. Each that reads more than one statement runs in one read-only
-//! `REPEATABLE READ` transaction, so its answer is one consistent snapshot.
+//! The monitoring queries. Each whose answer is put together from more than one statement runs
+//! in one read-only `REPEATABLE READ` transaction, so its answer is one consistent snapshot
+//! (a list of enqueued jobs may run a second statement, but answers with one statement's rows).
 
 use std::collections::BTreeMap;
 
@@ -118,72 +119,115 @@ pub(crate) async fn list_jobs(
     // The enqueued jobs of one queue, in the order a fetch takes them: from the queue table's
     // fetch index, then each job by id.
     let only_queue_order = query.state == Some(JobState::Enqueued)
+        && !query.retries
         && query.queue.is_some()
         && query.name.is_none()
         && query.search.is_none()
         && query.created_from.is_none()
         && query.created_to.is_none();
     if only_queue_order {
-        let cols = JOB_COLUMNS
-            .split(", ")
-            .map(|c| format!("j.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "WITH page AS (SELECT job_id, priority AS qp, seq AS qs FROM {s}.queue
-                 WHERE queue = $1 ORDER BY priority DESC, seq LIMIT $2 OFFSET $3)
-             SELECT {cols} FROM page JOIN {s}.jobs j ON j.id = page.job_id
-             ORDER BY page.qp DESC, page.qs"
-        );
-        return sqlx::query(AssertSqlSafe(sql))
-            .bind(query.queue.clone())
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(conn)
-            .await?
-            .iter()
-            .map(job_record)
-            .collect();
+        return queue_page(conn, s, &query, true, limit, offset).await;
     }
 
     // The newest enqueued jobs. They are usually among the newest jobs of all (fetches take
-    // the oldest first), so the newest 200 rows (or four pages) are read first; a full page there is
-    // exact, since every enqueued job further back is older. Otherwise (old jobs waiting behind
-    // many newer finished ones: a paused queue, a retry) the page comes from the queue table,
-    // which holds exactly the enqueued jobs, read whole but narrow, instead of every job newer
-    // than them.
-    if query.state == Some(JobState::Enqueued) && query.search.is_none() {
+    // the oldest first), so the newest jobs are read first: 200, or four times the offset
+    // plus the limit if more; a full page there is exact, since every enqueued job further
+    // back is older. Otherwise (old jobs waiting behind many newer finished ones: a paused
+    // queue, a retry) the page comes from the queue table instead of every job newer than
+    // them. Each page is one statement's answer, so one snapshot's.
+    if query.state == Some(JobState::Enqueued) && query.search.is_none() && !query.retries {
         let window = RECENT_WINDOW.max(offset.saturating_add(limit).saturating_mul(4));
         let rows = filtered(conn, s, &query, Some(window), limit, offset).await?;
         if i64::try_from(rows.len()).unwrap_or(i64::MAX) >= limit {
             return Ok(rows);
         }
-        if query.created_from.is_none() && query.created_to.is_none() {
-            let cols = JOB_COLUMNS
-                .split(", ")
-                .map(|c| format!("j.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "WITH page AS (SELECT job_id FROM {s}.queue
-                     WHERE ($1::text IS NULL OR name = $1) AND ($2::text IS NULL OR queue = $2)
-                     ORDER BY job_id DESC LIMIT $3 OFFSET $4)
-                 SELECT {cols} FROM page JOIN {s}.jobs j ON j.id = page.job_id
-                 WHERE j.state = 'enqueued' ORDER BY j.id DESC"
-            );
-            return sqlx::query(AssertSqlSafe(sql))
-                .bind(query.name.clone())
-                .bind(query.queue.clone())
-                .bind(limit)
-                .bind(offset)
-                .fetch_all(conn)
-                .await?
-                .iter()
-                .map(job_record)
-                .collect();
-        }
+        return queue_page(conn, s, &query, false, limit, offset).await;
     }
     filtered(conn, s, &query, None, limit, offset).await
+}
+
+/// A page of enqueued jobs from the queue table, which holds exactly them: one queue's in the
+/// order a fetch takes them (`fetch_order`, through the fetch index), or newest first (the
+/// queue table read whole, narrow rows). The jobs are then looked up by id, from an array (a
+/// join would be planned for a tenth of the queue; see `sql.rs`). Filters by queue and name
+/// in the queue table; with a creation time filter, every queued job passing those is looked
+/// up and filtered before the page is cut.
+async fn queue_page(
+    conn: &mut PgConnection,
+    s: &str,
+    query: &JobQuery,
+    fetch_order: bool,
+    limit: i64,
+    offset: i64,
+) -> OpResult<Vec<JobRecord>> {
+    let mut binds: Vec<Bind> = Vec::new();
+    let param = |binds: &mut Vec<Bind>, b: Bind| -> String {
+        binds.push(b);
+        format!("${}", binds.len())
+    };
+    let mut picked = String::from("true");
+    if let Some(queue) = &query.queue {
+        let p = param(&mut binds, Bind::Text(queue.clone()));
+        picked.push_str(&format!(" AND queue = {p}"));
+    }
+    if let Some(name) = &query.name {
+        let p = param(&mut binds, Bind::Text(name.clone()));
+        picked.push_str(&format!(" AND name = {p}"));
+    }
+    let cols = JOB_COLUMNS
+        .split(", ")
+        .map(|c| format!("j.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = if query.created_from.is_some() || query.created_to.is_some() {
+        let mut created = String::new();
+        if let Some(from) = query.created_from {
+            let p = param(&mut binds, Bind::Time(t(from)));
+            created.push_str(&format!(" AND j.created_at >= {p}"));
+        }
+        if let Some(to) = query.created_to {
+            let p = param(&mut binds, Bind::Time(t(to)));
+            created.push_str(&format!(" AND j.created_at < {p}"));
+        }
+        let pl = param(&mut binds, Bind::Int(limit));
+        let po = param(&mut binds, Bind::Int(offset));
+        format!(
+            "SELECT {cols} FROM {s}.jobs j
+             WHERE j.id = ANY (ARRAY(SELECT job_id FROM {s}.queue WHERE {picked}))
+               AND j.state = 'enqueued'{created}
+             ORDER BY j.id DESC LIMIT {pl} OFFSET {po}"
+        )
+    } else {
+        let key = if fetch_order {
+            "priority DESC, seq"
+        } else {
+            "job_id DESC"
+        };
+        let pl = param(&mut binds, Bind::Int(limit));
+        let po = param(&mut binds, Bind::Int(offset));
+        format!(
+            "SELECT {cols} FROM unnest(ARRAY(
+                 SELECT job_id FROM {s}.queue WHERE {picked} ORDER BY {key} LIMIT {pl} OFFSET {po}
+             )) WITH ORDINALITY AS p(id, n)
+             JOIN {s}.jobs j ON j.id = p.id
+             WHERE j.state = 'enqueued' ORDER BY p.n"
+        )
+    };
+    run(sql, binds, conn).await
+}
+
+/// Runs a statement built piece by piece with its bound values; its rows are jobs.
+async fn run(sql: String, binds: Vec<Bind>, conn: &mut PgConnection) -> OpResult<Vec<JobRecord>> {
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for b in binds {
+        q = match b {
+            Bind::Text(v) => q.bind(v),
+            Bind::Int(v) => q.bind(v),
+            Bind::Time(v) => q.bind(v),
+            Bind::Id(v) => q.bind(v),
+        };
+    }
+    q.fetch_all(conn).await?.iter().map(job_record).collect()
 }
 
 /// How many of the newest jobs a list of enqueued jobs reads first, at least.
@@ -262,16 +306,7 @@ async fn filtered(
     let pl = param(&mut binds, Bind::Int(limit));
     let po = param(&mut binds, Bind::Int(offset));
     sql.push_str(&format!(" ORDER BY id DESC LIMIT {pl} OFFSET {po}"));
-    let mut q = sqlx::query(AssertSqlSafe(sql));
-    for b in binds {
-        q = match b {
-            Bind::Text(v) => q.bind(v),
-            Bind::Int(v) => q.bind(v),
-            Bind::Time(v) => q.bind(v),
-            Bind::Id(v) => q.bind(v),
-        };
-    }
-    q.fetch_all(conn).await?.iter().map(job_record).collect()
+    run(sql, binds, conn).await
 }
 
 /// [`firelane_core::Storage::stats`]: the counters (folded totals plus the deltas not folded
