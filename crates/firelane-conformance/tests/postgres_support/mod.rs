@@ -301,3 +301,36 @@ impl Storage for Scratch {
         self.inner.subscribe()
     }
 }
+
+/// A store in `schema` with a single connection, so that PostgreSQL's counts of what that
+/// connection read are the store's.
+pub(crate) async fn single_connection_store(schema: &str) -> PostgresStorage {
+    PostgresStorage::connect_with(
+        PostgresConfig::from_url(&url())
+            .unwrap()
+            .schema(schema)
+            .max_connections(1),
+    )
+    .await
+    .unwrap()
+}
+
+/// The rows of `table` that the store's only connection has read so far, by PostgreSQL's own
+/// count (sequential plus index fetches), after making it publish its pending counts.
+pub(crate) async fn rows_read(store: &PostgresStorage, table: &str) -> i64 {
+    let mut conn = store.pool().acquire().await.unwrap();
+    // The counts are published when the connection goes idle after this statement.
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT (COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0))::int8
+         FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2",
+    )
+    .bind(store.schema())
+    .bind(table)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap()
+}

@@ -1,0 +1,113 @@
+//! The PostgreSQL store's plans: a connection plans each statement once, on its first run,
+//! and those plans must still find rows through the indexes when the tables have grown since.
+//! A file of its own: run beside other tests, their schema changes can make PostgreSQL drop
+//! its cached plans and plan again, which would hide what this checks.
+#![allow(clippy::unwrap_used)]
+
+mod postgres_support;
+
+use std::time::Duration;
+
+use firelane::{NewJob, Storage};
+use postgres_support::{available, drop_schema, fresh_schema, rows_read, single_connection_store};
+
+async fn exec(conn: &mut sqlx::PgConnection, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(conn)
+        .await
+        .unwrap();
+}
+
+/// A store keeps each statement's plan from its first run on a connection. A server usually
+/// starts on an empty queue, so those plans are made for empty tables; when a burst of 20,000
+/// jobs then arrives, fetching and completing ten of them must still read about ten rows, not
+/// the whole backlog (the bench saw a drain fall from 55,000 to 4,000 jobs/s that way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_made_on_an_empty_store_serve_a_burst_through_the_indexes() {
+    use firelane_core::{Completion, FetchRequest, Outcome, ServerId};
+    if !available().await {
+        return;
+    }
+    let schema = fresh_schema();
+    let store = single_connection_store(&schema).await;
+    let s = format!("\"{schema}\"");
+    let server = ServerId::from_string("burst".to_owned());
+    let request = |limit: usize, now| {
+        FetchRequest::new(
+            server.clone(),
+            vec!["default".to_owned()],
+            limit,
+            now,
+            Duration::from_secs(300),
+        )
+    };
+    let finish = |jobs: &[firelane_core::FetchedJob], now| {
+        jobs.iter()
+            .map(|j| {
+                Completion::new(
+                    j.id,
+                    j.lease,
+                    server.clone(),
+                    Outcome::Succeeded,
+                    Duration::from_millis(1),
+                    now,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // An idle store, as autovacuum leaves it: empty tables with their statistics. Autovacuum
+    // is then kept away, so that no new statistics make PostgreSQL plan again mid-test.
+    let mut conn = store.pool().acquire().await.unwrap();
+    exec(&mut conn, &format!("VACUUM ANALYZE {s}.jobs, {s}.queue")).await;
+    exec(
+        &mut conn,
+        &format!(
+            "ALTER TABLE {s}.jobs SET (autovacuum_enabled = off);
+             ALTER TABLE {s}.queue SET (autovacuum_enabled = off);"
+        ),
+    )
+    .await;
+    drop(conn);
+    // One job through every hot statement: their plans are made now.
+    let now = chrono::Utc::now();
+    store
+        .enqueue(vec![NewJob::new("noop", "null")], now)
+        .await
+        .unwrap();
+    let one = store.fetch(request(10, now)).await.unwrap();
+    assert_eq!(one.len(), 1);
+    let (_, none) = store
+        .complete_and_fetch(finish(&one, now), request(10, now))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+
+    // The burst.
+    for _ in 0..20 {
+        let jobs = (0..1000).map(|_| NewJob::new("noop", "null")).collect();
+        store.enqueue(jobs, now).await.unwrap();
+    }
+    let before = (
+        rows_read(&store, "queue").await,
+        rows_read(&store, "jobs").await,
+    );
+    let ten = store.fetch(request(10, now)).await.unwrap();
+    assert_eq!(ten.len(), 10);
+    let (_, next) = store
+        .complete_and_fetch(finish(&ten, now), request(10, now))
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 10);
+    store.complete(finish(&next, now)).await.unwrap();
+    let queue = rows_read(&store, "queue").await - before.0;
+    let jobs = rows_read(&store, "jobs").await - before.1;
+    assert!(queue <= 100, "fetching 20 jobs read {queue} queue rows");
+    assert!(
+        jobs <= 100,
+        "fetching and completing 20 jobs read {jobs} job rows"
+    );
+
+    store.close().await;
+    drop_schema(&schema);
+}
