@@ -305,6 +305,12 @@ impl PostgresStorage {
 
     /// The connection pool: for the application's own transactions (see
     /// [`PostgresStorage::enqueue_in`]) and for tests.
+    ///
+    /// Its connections are set up for the store's statements: generic plans only
+    /// (`plan_cache_mode = force_generic_plan`), no sequential or bitmap scans where an index
+    /// serves (`enable_seqscan = off`, `enable_bitmapscan = off`) and no JIT. Queries of the
+    /// application's own that need other plans belong on a pool of its own;
+    /// [`PostgresStorage::enqueue_in`] takes a connection from any pool.
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
     }
