@@ -21,6 +21,10 @@ pub(crate) enum Scenario {
     Enqueue,
     /// The enqueue above, then a server with C workers runs them all.
     Drain,
+    /// A server with C workers runs 100 jobs one at a time, its queue is paused, the N jobs
+    /// are enqueued and the queue resumed: the drain of a burst that reaches a running server
+    /// (whose store planned its statements on near-empty tables), timed from the resume.
+    Burst,
     /// One job at a time: from just before the enqueue call to the handler's start.
     Latency,
     /// A server with nothing to do, for `--seconds`: its share of one core and its memory.
@@ -32,14 +36,14 @@ pub(crate) struct BenchArgs {
     /// What to measure.
     #[arg(long, value_enum)]
     scenario: Scenario,
-    /// Jobs to enqueue (enqueue, drain).
+    /// Jobs to enqueue (enqueue, drain, burst).
     #[arg(long, default_value_t = 100_000)]
     jobs: usize,
-    /// Worker slots of the server (drain, latency).
+    /// Worker slots of the server (drain, burst, latency).
     #[arg(long, default_value_t = 50)]
     concurrency: usize,
     /// At most how many jobs the server leases beyond its free workers, at its pace (drain,
-    /// latency; default: the server's default, sixteen per worker); see
+    /// burst, latency; default: the server's default, sixteen per worker); see
     /// `ServerBuilder::prefetch`.
     #[arg(long)]
     prefetch: Option<usize>,
@@ -223,6 +227,48 @@ async fn enqueue_all(client: &Client, jobs: usize) -> CliResult<f64> {
     Ok(jobs as f64 / elapsed.as_secs_f64())
 }
 
+/// Waits until nothing is waiting or running, polling every 10 ms, and returns the time since
+/// `start`. The progress bar costs a count query, so it is only updated when someone sees it.
+async fn drained(
+    client: &Client,
+    bar: &indicatif::ProgressBar,
+    start: Instant,
+) -> CliResult<Duration> {
+    let mut polls: u64 = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        polls += 1;
+        let waiting = client
+            .list(JobQuery::new().state(JobState::Enqueued).page(0, 1))
+            .await?;
+        if !waiting.is_empty() {
+            if !bar.is_hidden() && polls.is_multiple_of(50) {
+                bar.set_position(client.stats().await?.count(JobState::Succeeded));
+            }
+            continue;
+        }
+        let running = client
+            .list(JobQuery::new().state(JobState::Processing).page(0, 1))
+            .await?;
+        if running.is_empty() {
+            let elapsed = start.elapsed();
+            bar.finish_and_clear();
+            return Ok(elapsed);
+        }
+    }
+}
+
+/// Fails unless exactly `jobs` jobs succeeded.
+async fn check_succeeded(client: &Client, jobs: u64) -> CliResult {
+    let succeeded = client.stats().await?.count(JobState::Succeeded);
+    if succeeded != jobs {
+        return Err(CliError::new(format!(
+            "the run ended with {succeeded} of {jobs} jobs succeeded"
+        )));
+    }
+    Ok(())
+}
+
 async fn schedule_far(client: &Client, jobs: usize) -> CliResult {
     let mut left = jobs;
     while left > 0 {
@@ -299,38 +345,33 @@ pub(crate) async fn run(url: &str, args: BenchArgs) -> CliResult<ExitCode> {
                 .register(BenchNoop)
                 .start()
                 .await?;
-            // Done when nothing is waiting or running; the count is then checked once. The
-            // progress bar costs a count query, so it is only updated when someone sees it.
-            let mut polls: u64 = 0;
-            loop {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                polls += 1;
-                let waiting = client
-                    .list(JobQuery::new().state(JobState::Enqueued).page(0, 1))
-                    .await?;
-                if !waiting.is_empty() {
-                    if !bar.is_hidden() && polls.is_multiple_of(50) {
-                        bar.set_position(client.stats().await?.count(JobState::Succeeded));
-                    }
-                    continue;
-                }
-                let running = client
-                    .list(JobQuery::new().state(JobState::Processing).page(0, 1))
-                    .await?;
-                if running.is_empty() {
-                    break;
-                }
-            }
-            let elapsed = start.elapsed();
-            bar.finish_and_clear();
+            let elapsed = drained(&client, &bar, start).await?;
             server.shutdown().await?;
-            let succeeded = client.stats().await?.count(JobState::Succeeded);
-            if succeeded != args.jobs as u64 {
-                return Err(CliError::new(format!(
-                    "drain ended with {succeeded} of {} jobs succeeded",
-                    args.jobs
-                )));
+            check_succeeded(&client, args.jobs as u64).await?;
+            report.drain_per_s = Some(args.jobs as f64 / elapsed.as_secs_f64());
+        }
+        Scenario::Burst => {
+            const WARM_UP: usize = 100;
+            // The queue the bench's jobs go to.
+            const QUEUE: &str = "default";
+            report.jobs = Some(args.jobs);
+            let server = server_builder(&storage, &args)
+                .register(BenchNoop)
+                .start()
+                .await?;
+            for i in 0..WARM_UP {
+                client.enqueue(BenchNoop::with_args(i as u64)).await?;
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
+            drained(&client, &indicatif::ProgressBar::hidden(), Instant::now()).await?;
+            client.pause_queue(QUEUE).await?;
+            report.enqueue_per_s = Some(enqueue_all(&client, args.jobs).await?);
+            let bar = progress(args.jobs as u64, "burst");
+            let start = Instant::now();
+            client.resume_queue(QUEUE).await?;
+            let elapsed = drained(&client, &bar, start).await?;
+            server.shutdown().await?;
+            check_succeeded(&client, (WARM_UP + args.jobs) as u64).await?;
             report.drain_per_s = Some(args.jobs as f64 / elapsed.as_secs_f64());
         }
         Scenario::Idle => {

@@ -344,3 +344,33 @@ fn dashboard_on_a_busy_address_says_what_to_do() {
         "pass another address with --listen",
     );
 }
+
+/// Each throughput scenario of the bench runs its jobs to the end and reports its rates (the
+/// bench checks the count of succeeded jobs itself and fails otherwise).
+#[test]
+fn bench_scenarios_run_their_jobs_and_report() {
+    let s = store();
+    for scenario in ["enqueue", "drain", "burst"] {
+        let out = json(&firelane(
+            &s.url,
+            &[
+                "bench",
+                "--scenario",
+                scenario,
+                "--jobs",
+                "300",
+                "--concurrency",
+                "4",
+                "--json",
+            ],
+        ));
+        assert_eq!(out["scenario"], scenario);
+        assert_eq!(out["jobs"], 300);
+        assert!(out["enqueue_per_s"].as_f64().unwrap() > 0.0, "{out}");
+        if scenario == "enqueue" {
+            assert!(out["drain_per_s"].is_null(), "{out}");
+        } else {
+            assert!(out["drain_per_s"].as_f64().unwrap() > 0.0, "{out}");
+        }
+    }
+}
