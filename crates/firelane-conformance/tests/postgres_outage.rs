@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use firelane::{Client, Job, JobContext, JobError, JobState, Server, Storage};
 use firelane_postgres::{PostgresConfig, PostgresStorage};
-use postgres_support::{available, drop_schema, fresh_schema, url};
+use postgres_support::{available, drop_schema, exec, fresh_schema, url};
 use sqlx::Connection;
 
 struct Work;
@@ -25,13 +25,6 @@ impl Job for Work {
         tokio::time::sleep(Duration::from_millis(2)).await;
         Ok(())
     }
-}
-
-async fn exec(c: &mut sqlx::PgConnection, sql: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(c)
-        .await
-        .unwrap();
 }
 
 async fn succeeded(store: &Arc<dyn Storage>) -> u64 {

@@ -9,14 +9,9 @@ mod postgres_support;
 use std::time::Duration;
 
 use firelane::{NewJob, Storage};
-use postgres_support::{available, drop_schema, fresh_schema, rows_read, single_connection_store};
-
-async fn exec(conn: &mut sqlx::PgConnection, sql: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(conn)
-        .await
-        .unwrap();
-}
+use postgres_support::{
+    available, drop_schema, exec, fresh_schema, rows_read, single_connection_store,
+};
 
 /// A store keeps each statement's plan from its first run on a connection. A server usually
 /// starts on an empty queue, so those plans are made for empty tables; when a burst of 20,000

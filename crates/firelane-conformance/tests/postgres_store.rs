@@ -11,7 +11,7 @@ use firelane::{Error, JobState, NewJob, Storage};
 use firelane_core::Signal;
 use firelane_postgres::{PostgresConfig, PostgresStorage};
 use postgres_support::{
-    available, drop_schema, fresh_schema, open, rows_read, single_connection_store, url,
+    available, drop_schema, exec, fresh_schema, open, rows_read, single_connection_store, url,
 };
 use sqlx::Connection;
 use tokio::sync::broadcast;
@@ -26,13 +26,6 @@ fn url_as(user: &str) -> String {
 
 async fn admin() -> sqlx::PgConnection {
     sqlx::PgConnection::connect(&url()).await.unwrap()
-}
-
-async fn exec(conn: &mut sqlx::PgConnection, sql: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(conn)
-        .await
-        .unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -106,6 +106,18 @@ enum Bind {
     Id(Uuid),
 }
 
+/// The values bound to a query built piece by piece, numbered in the order they are added.
+#[derive(Default)]
+struct Binds(Vec<Bind>);
+
+impl Binds {
+    /// Adds `value` and returns its placeholder (`$n`) for the text.
+    fn add(&mut self, value: Bind) -> String {
+        self.0.push(value);
+        format!("${}", self.0.len())
+    }
+}
+
 /// [`firelane_core::Storage::list_jobs`].
 pub(crate) async fn list_jobs(
     conn: &mut PgConnection,
@@ -160,18 +172,14 @@ async fn queue_page(
     limit: i64,
     offset: i64,
 ) -> OpResult<Vec<JobRecord>> {
-    let mut binds: Vec<Bind> = Vec::new();
-    let param = |binds: &mut Vec<Bind>, b: Bind| -> String {
-        binds.push(b);
-        format!("${}", binds.len())
-    };
+    let mut binds = Binds::default();
     let mut picked = String::from("true");
     if let Some(queue) = &query.queue {
-        let p = param(&mut binds, Bind::Text(queue.clone()));
+        let p = binds.add(Bind::Text(queue.clone()));
         picked.push_str(&format!(" AND queue = {p}"));
     }
     if let Some(name) = &query.name {
-        let p = param(&mut binds, Bind::Text(name.clone()));
+        let p = binds.add(Bind::Text(name.clone()));
         picked.push_str(&format!(" AND name = {p}"));
     }
     let cols = JOB_COLUMNS
@@ -182,15 +190,15 @@ async fn queue_page(
     let sql = if query.created_from.is_some() || query.created_to.is_some() {
         let mut created = String::new();
         if let Some(from) = query.created_from {
-            let p = param(&mut binds, Bind::Time(t(from)));
+            let p = binds.add(Bind::Time(t(from)));
             created.push_str(&format!(" AND j.created_at >= {p}"));
         }
         if let Some(to) = query.created_to {
-            let p = param(&mut binds, Bind::Time(t(to)));
+            let p = binds.add(Bind::Time(t(to)));
             created.push_str(&format!(" AND j.created_at < {p}"));
         }
-        let pl = param(&mut binds, Bind::Int(limit));
-        let po = param(&mut binds, Bind::Int(offset));
+        let pl = binds.add(Bind::Int(limit));
+        let po = binds.add(Bind::Int(offset));
         format!(
             "SELECT {cols} FROM {s}.jobs j
              WHERE j.id = ANY (ARRAY(SELECT job_id FROM {s}.queue WHERE {picked}))
@@ -203,8 +211,8 @@ async fn queue_page(
         } else {
             "job_id DESC"
         };
-        let pl = param(&mut binds, Bind::Int(limit));
-        let po = param(&mut binds, Bind::Int(offset));
+        let pl = binds.add(Bind::Int(limit));
+        let po = binds.add(Bind::Int(offset));
         format!(
             "SELECT {cols} FROM unnest(ARRAY(
                  SELECT job_id FROM {s}.queue WHERE {picked} ORDER BY {key} LIMIT {pl} OFFSET {po}
@@ -217,9 +225,9 @@ async fn queue_page(
 }
 
 /// Runs a statement built piece by piece with its bound values; its rows are jobs.
-async fn run(sql: String, binds: Vec<Bind>, conn: &mut PgConnection) -> OpResult<Vec<JobRecord>> {
+async fn run(sql: String, binds: Binds, conn: &mut PgConnection) -> OpResult<Vec<JobRecord>> {
     let mut q = sqlx::query(AssertSqlSafe(sql));
-    for b in binds {
+    for b in binds.0 {
         q = match b {
             Bind::Text(v) => q.bind(v),
             Bind::Int(v) => q.bind(v),
@@ -248,14 +256,10 @@ async fn filtered(
     limit: i64,
     offset: i64,
 ) -> OpResult<Vec<JobRecord>> {
-    let mut binds: Vec<Bind> = Vec::new();
-    let param = |binds: &mut Vec<Bind>, b: Bind| -> String {
-        binds.push(b);
-        format!("${}", binds.len())
-    };
+    let mut binds = Binds::default();
     let from = match window {
         Some(w) => {
-            let p = param(&mut binds, Bind::Int(w));
+            let p = binds.add(Bind::Int(w));
             format!("(SELECT * FROM {s}.jobs ORDER BY id DESC LIMIT {p}) AS jobs")
         }
         None => format!("{s}.jobs"),
@@ -272,39 +276,39 @@ async fn filtered(
         sql.push_str(" AND attempt > 0");
     }
     if let Some(queue) = &query.queue {
-        let p = param(&mut binds, Bind::Text(queue.clone()));
+        let p = binds.add(Bind::Text(queue.clone()));
         sql.push_str(&format!(" AND queue = {p}"));
     }
     if let Some(name) = &query.name {
-        let p = param(&mut binds, Bind::Text(name.clone()));
+        let p = binds.add(Bind::Text(name.clone()));
         sql.push_str(&format!(" AND name = {p}"));
     }
     if let Some(from) = query.created_from {
-        let p = param(&mut binds, Bind::Time(t(from)));
+        let p = binds.add(Bind::Time(t(from)));
         sql.push_str(&format!(" AND created_at >= {p}"));
     }
     if let Some(to) = query.created_to {
-        let p = param(&mut binds, Bind::Time(t(to)));
+        let p = binds.add(Bind::Time(t(to)));
         sql.push_str(&format!(" AND created_at < {p}"));
     }
     if let Some(text) = &query.search {
         let text = text.trim();
         if let Ok(id) = text.parse::<JobId>() {
-            let p = param(&mut binds, Bind::Id(*id.as_uuid()));
+            let p = binds.add(Bind::Id(*id.as_uuid()));
             sql.push_str(&format!(" AND id = {p}"));
         } else {
             // Among the newest `SEARCH_WINDOW` jobs that pass the other filters only, so that a
             // search that matches little still answers in bounded time.
-            let w = param(&mut binds, Bind::Int(i64::from(JobQuery::SEARCH_WINDOW)));
-            let p = param(&mut binds, Bind::Text(text.to_owned()));
+            let w = binds.add(Bind::Int(i64::from(JobQuery::SEARCH_WINDOW)));
+            let p = binds.add(Bind::Text(text.to_owned()));
             sql = format!(
                 "SELECT * FROM ({sql} ORDER BY id DESC LIMIT {w}) AS w
                  WHERE (queue = {p} OR strpos(name, {p}) > 0 OR strpos(args, {p}) > 0)"
             );
         }
     }
-    let pl = param(&mut binds, Bind::Int(limit));
-    let po = param(&mut binds, Bind::Int(offset));
+    let pl = binds.add(Bind::Int(limit));
+    let po = binds.add(Bind::Int(offset));
     sql.push_str(&format!(" ORDER BY id DESC LIMIT {pl} OFFSET {po}"));
     run(sql, binds, conn).await
 }

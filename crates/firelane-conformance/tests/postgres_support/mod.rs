@@ -320,10 +320,7 @@ pub(crate) async fn single_connection_store(schema: &str) -> PostgresStorage {
 pub(crate) async fn rows_read(store: &PostgresStorage, table: &str) -> i64 {
     let mut conn = store.pool().acquire().await.unwrap();
     // The counts are published when the connection goes idle after this statement.
-    sqlx::query("SELECT pg_stat_force_next_flush()")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    exec(&mut conn, "SELECT pg_stat_force_next_flush()").await;
     sqlx::query_scalar(
         "SELECT (COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0))::int8
          FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2",
@@ -333,4 +330,12 @@ pub(crate) async fn rows_read(store: &PostgresStorage, table: &str) -> i64 {
     .fetch_one(&mut *conn)
     .await
     .unwrap()
+}
+
+/// Runs SQL (one statement or several) on `conn`.
+pub(crate) async fn exec(conn: &mut sqlx::PgConnection, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(conn)
+        .await
+        .unwrap();
 }
