@@ -116,6 +116,21 @@ impl Binds {
         self.0.push(value);
         format!("${}", self.0.len())
     }
+
+    /// The conditions of `query`'s queue and name filters (columns of both `jobs` and `queue`),
+    /// each starting with ` AND`.
+    fn queue_and_name(&mut self, query: &JobQuery) -> String {
+        let mut out = String::new();
+        if let Some(queue) = &query.queue {
+            let p = self.add(Bind::Text(queue.clone()));
+            out.push_str(&format!(" AND queue = {p}"));
+        }
+        if let Some(name) = &query.name {
+            let p = self.add(Bind::Text(name.clone()));
+            out.push_str(&format!(" AND name = {p}"));
+        }
+        out
+    }
 }
 
 /// [`firelane_core::Storage::list_jobs`].
@@ -173,15 +188,7 @@ async fn queue_page(
     offset: i64,
 ) -> OpResult<Vec<JobRecord>> {
     let mut binds = Binds::default();
-    let mut picked = String::from("true");
-    if let Some(queue) = &query.queue {
-        let p = binds.add(Bind::Text(queue.clone()));
-        picked.push_str(&format!(" AND queue = {p}"));
-    }
-    if let Some(name) = &query.name {
-        let p = binds.add(Bind::Text(name.clone()));
-        picked.push_str(&format!(" AND name = {p}"));
-    }
+    let picked = format!("true{}", binds.queue_and_name(query));
     let cols = JOB_COLUMNS
         .split(", ")
         .map(|c| format!("j.{c}"))
@@ -275,14 +282,7 @@ async fn filtered(
     if query.retries {
         sql.push_str(" AND attempt > 0");
     }
-    if let Some(queue) = &query.queue {
-        let p = binds.add(Bind::Text(queue.clone()));
-        sql.push_str(&format!(" AND queue = {p}"));
-    }
-    if let Some(name) = &query.name {
-        let p = binds.add(Bind::Text(name.clone()));
-        sql.push_str(&format!(" AND name = {p}"));
-    }
+    sql.push_str(&binds.queue_and_name(query));
     if let Some(from) = query.created_from {
         let p = binds.add(Bind::Time(t(from)));
         sql.push_str(&format!(" AND created_at >= {p}"));
