@@ -142,11 +142,16 @@ pub(crate) async fn list_jobs(
     let s = &ctx.sql.schema;
     let limit = i64::from(query.effective_limit());
     let offset = i64::try_from(query.offset).unwrap_or(i64::MAX);
+    // Retries are scheduled jobs attempted before, whatever state the query names (as in the
+    // SQLite store).
+    let mut query = query;
+    if query.retries {
+        query.state = Some(JobState::Scheduled);
+    }
 
     // The enqueued jobs of one queue, in the order a fetch takes them: from the queue table's
     // fetch index, then each job by id.
     let only_queue_order = query.state == Some(JobState::Enqueued)
-        && !query.retries
         && query.queue.is_some()
         && query.name.is_none()
         && query.search.is_none()
@@ -162,7 +167,7 @@ pub(crate) async fn list_jobs(
     // back is older. Otherwise (old jobs waiting behind many newer finished ones: a paused
     // queue, a retry) the page comes from the queue table instead of every job newer than
     // them. Each page is one statement's answer, so one snapshot's.
-    if query.state == Some(JobState::Enqueued) && query.search.is_none() && !query.retries {
+    if query.state == Some(JobState::Enqueued) && query.search.is_none() {
         let window = RECENT_WINDOW.max(offset.saturating_add(limit).saturating_mul(4));
         let rows = filtered(conn, s, &query, Some(window), limit, offset).await?;
         if i64::try_from(rows.len()).unwrap_or(i64::MAX) >= limit {
@@ -175,10 +180,11 @@ pub(crate) async fn list_jobs(
 
 /// A page of enqueued jobs from the queue table, which holds exactly them: one queue's in the
 /// order a fetch takes them (`fetch_order`, through the fetch index), or newest first (the
-/// queue table read whole, narrow rows). The jobs are then looked up by id, from an array (a
-/// join would be planned for a tenth of the queue; see `sql.rs`). Filters by queue and name
-/// in the queue table; with a creation time filter, every queued job passing those is looked
-/// up and filtered before the page is cut.
+/// queue table read whole, or one queue's part of its index, narrow rows). The jobs are then
+/// looked up by id from an array, never joined: a plan made while `jobs` was small could join
+/// by walking all of it later (see `sql.rs`). Filters by queue and name in the queue table;
+/// with a creation time filter, every queued job passing those is looked up and filtered
+/// before the page is cut.
 async fn queue_page(
     conn: &mut PgConnection,
     s: &str,
@@ -189,45 +195,43 @@ async fn queue_page(
 ) -> OpResult<Vec<JobRecord>> {
     let mut binds = Binds::default();
     let picked = format!("true{}", binds.queue_and_name(query));
-    let cols = JOB_COLUMNS
-        .split(", ")
-        .map(|c| format!("j.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = if query.created_from.is_some() || query.created_to.is_some() {
-        let mut created = String::new();
-        if let Some(from) = query.created_from {
-            let p = binds.add(Bind::Time(t(from)));
-            created.push_str(&format!(" AND j.created_at >= {p}"));
-        }
-        if let Some(to) = query.created_to {
-            let p = binds.add(Bind::Time(t(to)));
-            created.push_str(&format!(" AND j.created_at < {p}"));
-        }
-        let pl = binds.add(Bind::Int(limit));
-        let po = binds.add(Bind::Int(offset));
-        format!(
-            "SELECT {cols} FROM {s}.jobs j
-             WHERE j.id = ANY (ARRAY(SELECT job_id FROM {s}.queue WHERE {picked}))
-               AND j.state = 'enqueued'{created}
-             ORDER BY j.id DESC LIMIT {pl} OFFSET {po}"
-        )
-    } else {
+    let mut created = String::new();
+    if let Some(from) = query.created_from {
+        let p = binds.add(Bind::Time(t(from)));
+        created.push_str(&format!(" AND j.created_at >= {p}"));
+    }
+    if let Some(to) = query.created_to {
+        let p = binds.add(Bind::Time(t(to)));
+        created.push_str(&format!(" AND j.created_at < {p}"));
+    }
+    let pl = binds.add(Bind::Int(limit));
+    let po = binds.add(Bind::Int(offset));
+    // The page is cut in the queue table, unless the creation time (only in `jobs`) filters.
+    let (inner, outer) = if created.is_empty() {
         let key = if fetch_order {
             "priority DESC, seq"
         } else {
             "job_id DESC"
         };
-        let pl = binds.add(Bind::Int(limit));
-        let po = binds.add(Bind::Int(offset));
-        format!(
-            "SELECT {cols} FROM unnest(ARRAY(
-                 SELECT job_id FROM {s}.queue WHERE {picked} ORDER BY {key} LIMIT {pl} OFFSET {po}
-             )) WITH ORDINALITY AS p(id, n)
-             JOIN {s}.jobs j ON j.id = p.id
-             WHERE j.state = 'enqueued' ORDER BY p.n"
+        (
+            format!(" ORDER BY {key} LIMIT {pl} OFFSET {po}"),
+            String::new(),
         )
+    } else {
+        (String::new(), format!(" LIMIT {pl} OFFSET {po}"))
     };
+    // A job's row keeps its priority and its queue row's `seq` (`queue_seq`).
+    let order = if fetch_order {
+        "j.priority DESC, j.queue_seq"
+    } else {
+        "j.id DESC"
+    };
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM {s}.jobs j
+         WHERE j.id = ANY (ARRAY(SELECT job_id FROM {s}.queue WHERE {picked}{inner}))
+           AND j.state = 'enqueued'{created}
+         ORDER BY {order}{outer}"
+    );
     run(sql, binds, conn).await
 }
 
