@@ -21,9 +21,9 @@ pub(crate) enum Scenario {
     Enqueue,
     /// The enqueue above, then a server with C workers runs them all.
     Drain,
-    /// A server with C workers runs 100 jobs one at a time, its queue is paused, the N jobs
-    /// are enqueued and the queue resumed: the drain of a burst that reaches a running server
-    /// (whose store planned its statements on near-empty tables), timed from the resume.
+    /// A server with C workers runs 100 jobs enqueued 2 ms apart, its queue is paused, the N
+    /// jobs are enqueued and the queue resumed: the drain of a burst that reaches a running
+    /// server (whose store planned its statements on near-empty tables), timed from the resume.
     Burst,
     /// One job at a time: from just before the enqueue call to the handler's start.
     Latency,
@@ -229,9 +229,11 @@ async fn enqueue_all(client: &Client, jobs: usize) -> CliResult<f64> {
 
 /// Waits until nothing is waiting or running, polling every 10 ms, and returns the time since
 /// `start`. The progress bar costs a count query, so it is only updated when someone sees it.
+/// `before` jobs had succeeded when the bar started.
 async fn drained(
     client: &Client,
     bar: &indicatif::ProgressBar,
+    before: u64,
     start: Instant,
 ) -> CliResult<Duration> {
     let mut polls: u64 = 0;
@@ -243,7 +245,8 @@ async fn drained(
             .await?;
         if !waiting.is_empty() {
             if !bar.is_hidden() && polls.is_multiple_of(50) {
-                bar.set_position(client.stats().await?.count(JobState::Succeeded));
+                let succeeded = client.stats().await?.count(JobState::Succeeded);
+                bar.set_position(succeeded.saturating_sub(before));
             }
             continue;
         }
@@ -345,7 +348,7 @@ pub(crate) async fn run(url: &str, args: BenchArgs) -> CliResult<ExitCode> {
                 .register(BenchNoop)
                 .start()
                 .await?;
-            let elapsed = drained(&client, &bar, start).await?;
+            let elapsed = drained(&client, &bar, 0, start).await?;
             server.shutdown().await?;
             check_succeeded(&client, args.jobs as u64).await?;
             report.drain_per_s = Some(args.jobs as f64 / elapsed.as_secs_f64());
@@ -363,13 +366,19 @@ pub(crate) async fn run(url: &str, args: BenchArgs) -> CliResult<ExitCode> {
                 client.enqueue(BenchNoop::with_args(i as u64)).await?;
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            drained(&client, &indicatif::ProgressBar::hidden(), Instant::now()).await?;
+            drained(
+                &client,
+                &indicatif::ProgressBar::hidden(),
+                0,
+                Instant::now(),
+            )
+            .await?;
             client.pause_queue(QUEUE).await?;
             report.enqueue_per_s = Some(enqueue_all(&client, args.jobs).await?);
             let bar = progress(args.jobs as u64, "burst");
             let start = Instant::now();
             client.resume_queue(QUEUE).await?;
-            let elapsed = drained(&client, &bar, start).await?;
+            let elapsed = drained(&client, &bar, WARM_UP as u64, start).await?;
             server.shutdown().await?;
             check_succeeded(&client, (WARM_UP + args.jobs) as u64).await?;
             report.drain_per_s = Some(args.jobs as f64 / elapsed.as_secs_f64());
