@@ -15,12 +15,12 @@ use postgres_support::{
 
 /// A store keeps each statement's plan from its first run on a connection. A server usually
 /// starts on an empty queue, so those plans are made for empty tables; when a burst of 20,000
-/// jobs then arrives, fetching and completing ten of them must still read about ten rows, not
+/// jobs then arrives, fetching, extending and completing ten of them must still read about ten rows, not
 /// the whole backlog (the bench saw a drain fall from 55,000 to 4,000 jobs/s that way), and a
 /// page of enqueued jobs must look up its jobs, not walk them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plans_made_on_an_empty_store_serve_a_burst_through_the_indexes() {
-    use firelane_core::{Completion, FetchRequest, Outcome, ServerId};
+    use firelane_core::{Completion, FetchRequest, Heartbeat, Outcome, ServerId, ServerInfo};
     if !available().await {
         return;
     }
@@ -35,6 +35,15 @@ async fn plans_made_on_an_empty_store_serve_a_burst_through_the_indexes() {
             limit,
             now,
             Duration::from_secs(300),
+        )
+    };
+    let info = ServerInfo::new(server.clone(), vec!["default".to_owned()], 10, vec![]);
+    let beat = |jobs: &[firelane_core::FetchedJob], now: chrono::DateTime<chrono::Utc>| {
+        Heartbeat::new(
+            info.clone(),
+            now,
+            jobs.iter().map(|j| (j.id, j.lease)).collect(),
+            now + chrono::Duration::seconds(300),
         )
     };
     let finish = |jobs: &[firelane_core::FetchedJob], now| {
@@ -73,6 +82,7 @@ async fn plans_made_on_an_empty_store_serve_a_burst_through_the_indexes() {
         .unwrap();
     let one = store.fetch(request(10, now)).await.unwrap();
     assert_eq!(one.len(), 1);
+    store.heartbeat(beat(&one, now)).await.unwrap();
     let (_, none) = store
         .complete_and_fetch(finish(&one, now), request(10, now))
         .await
@@ -97,6 +107,7 @@ async fn plans_made_on_an_empty_store_serve_a_burst_through_the_indexes() {
     );
     let ten = store.fetch(request(10, now)).await.unwrap();
     assert_eq!(ten.len(), 10);
+    store.heartbeat(beat(&ten, now)).await.unwrap();
     let (_, next) = store
         .complete_and_fetch(finish(&ten, now), request(10, now))
         .await
@@ -108,7 +119,7 @@ async fn plans_made_on_an_empty_store_serve_a_burst_through_the_indexes() {
     assert!(queue <= 100, "fetching 20 jobs read {queue} queue rows");
     assert!(
         jobs <= 100,
-        "fetching and completing 20 jobs read {jobs} job rows"
+        "fetching, extending and completing 20 jobs read {jobs} job rows"
     );
     // Not among the newest 200 jobs: the page comes from the queue table.
     let before = rows_read(&store, "jobs").await;

@@ -151,7 +151,7 @@ upd AS (
     -- In id order: rows are locked in the order they are updated, and two statements that
     -- lock the same jobs (a heartbeat, a completion) in one order cannot deadlock.
     FROM (SELECT * FROM m ORDER BY id) AS m
-    WHERE j.id = m.id AND j.state = m.old_state
+    WHERE j.id = ANY ($M1::uuid[]) AND j.id = m.id AND j.state = m.old_state
       AND (m.lease IS NULL OR j.lease_id = m.lease)
       AND (m.lapsed_before IS NULL OR j.lease_until < m.lapsed_before)
     RETURNING j.id, j.name, j.queue, j.priority, m.old_state, j.state AS new_state, j.attempt,
@@ -249,7 +249,9 @@ nt AS (
 
 /// Extends the leases a server still holds (`$4` ids, `$5` leases) until `$6`, and records its
 /// heartbeat (`$1` id, `$2` info, `$3` time). Returns each job asked about, whether its lease
-/// was extended, and the state of those whose lease was lost.
+/// was extended, and the state of those whose lease was lost. The job rows are found by their
+/// ids as an array (`= ANY`), never only through a join: planned while `jobs` was small, a
+/// join read the whole table later (see [`FETCH_CTES`]).
 const HEARTBEAT: &str = "
 WITH s AS (
     INSERT INTO __S__.servers (id, info, last_heartbeat) VALUES ($1, $2, $3)
@@ -258,10 +260,16 @@ WITH s AS (
 r AS (SELECT * FROM unnest($4::uuid[], $5::uuid[]) AS r(id, lease)),
 ext AS (
     UPDATE __S__.jobs j SET lease_until = $6 FROM (SELECT * FROM r ORDER BY id) AS r
-    WHERE j.id = r.id AND j.state = 'processing' AND j.lease_id = r.lease RETURNING j.id
+    WHERE j.id = ANY ($4::uuid[]) AND j.id = r.id AND j.state = 'processing'
+      AND j.lease_id = r.lease
+    RETURNING j.id
+),
+lost AS MATERIALIZED (
+    SELECT j.id, j.state FROM __S__.jobs j
+    WHERE j.id = ANY (ARRAY(SELECT r.id FROM r WHERE r.id NOT IN (SELECT id FROM ext)))
 )
-SELECT r.id, ext.id IS NOT NULL AS held, j.state
-FROM r LEFT JOIN ext ON ext.id = r.id LEFT JOIN __S__.jobs j ON j.id = r.id AND ext.id IS NULL";
+SELECT r.id, ext.id IS NOT NULL AS held, lost.state
+FROM r LEFT JOIN ext ON ext.id = r.id LEFT JOIN lost ON lost.id = r.id";
 
 /// Scheduled jobs due at `$1` (at most `$2`, oldest due first), and when the earliest of the
 /// others is due.
