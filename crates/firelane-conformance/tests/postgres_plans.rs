@@ -9,6 +9,7 @@ mod postgres_support;
 use std::time::Duration;
 
 use firelane::{NewJob, Storage};
+use firelane_postgres::PostgresStorage;
 use postgres_support::{
     available, drop_schema, exec, fresh_schema, rows_read, single_connection_store,
 };
@@ -92,6 +93,11 @@ async fn plans_made_on_an_empty_store_serve_a_burst_through_the_indexes() {
         .state(firelane::JobState::Enqueued)
         .name("rare");
     assert!(store.list_jobs(rare.clone()).await.unwrap().is_empty());
+    let mut gone = NewJob::new("rare", "null");
+    gone.queue = "later".to_owned();
+    let gone_id = gone.id;
+    store.enqueue(vec![gone], now).await.unwrap();
+    passes(&store, gone_id, now).await;
 
     // The burst, behind one job of another name in a queue nothing fetches from.
     let mut other = NewJob::new("rare", "null");
@@ -123,13 +129,42 @@ async fn plans_made_on_an_empty_store_serve_a_burst_through_the_indexes() {
     );
     // Not among the newest 200 jobs: the page comes from the queue table.
     let before = rows_read(&store, "jobs").await;
-    assert_eq!(store.list_jobs(rare).await.unwrap().len(), 1);
+    let found = store.list_jobs(rare).await.unwrap();
+    assert_eq!(found.len(), 1);
     let jobs = rows_read(&store, "jobs").await - before;
     assert!(
         jobs <= 200 + 10,
         "a page of enqueued jobs read {jobs} job rows"
     );
+    // The background passes, the figures, a job's page and a person's delete.
+    let before = (
+        rows_read(&store, "queue").await,
+        rows_read(&store, "jobs").await,
+    );
+    passes(&store, found[0].id, now).await;
+    let queue = rows_read(&store, "queue").await - before.0;
+    let jobs = rows_read(&store, "jobs").await - before.1;
+    assert!(
+        queue <= 100,
+        "the passes and a delete read {queue} queue rows"
+    );
+    assert!(jobs <= 100, "the passes and a delete read {jobs} job rows");
 
     store.close().await;
     drop_schema(&schema);
+}
+
+/// What servers and people do besides fetching and completing: the recovery, promotion and
+/// expiry passes, the figures, a job's details and the delete of the enqueued job `id`.
+async fn passes(store: &PostgresStorage, id: firelane::JobId, now: chrono::DateTime<chrono::Utc>) {
+    store.recover(now, Duration::from_secs(60)).await.unwrap();
+    store.promote_due(now, 100).await.unwrap();
+    store
+        .expire(now, firelane::Retention::default(), 100)
+        .await
+        .unwrap();
+    store.stats().await.unwrap();
+    assert!(store.job(id).await.unwrap().is_some());
+    let changed = store.delete(&[id], "test", now).await.unwrap();
+    assert_eq!(changed.len(), 1);
 }
