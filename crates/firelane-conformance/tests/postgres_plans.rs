@@ -97,7 +97,7 @@ async fn plans_made_on_an_empty_store_serve_a_burst_through_the_indexes() {
     gone.queue = "later".to_owned();
     let gone_id = gone.id;
     store.enqueue(vec![gone], now).await.unwrap();
-    passes(&store, gone_id, now).await;
+    passes(&store, gone_id, one[0].id, now).await;
 
     // The burst, behind one job of another name in a queue nothing fetches from.
     let mut other = NewJob::new("rare", "null");
@@ -136,27 +136,36 @@ async fn plans_made_on_an_empty_store_serve_a_burst_through_the_indexes() {
         jobs <= 200 + 10,
         "a page of enqueued jobs read {jobs} job rows"
     );
-    // The background passes, the figures, a job's page and a person's delete.
+    // The background passes, the figures, a job's page, a person's delete and requeue.
     let before = (
         rows_read(&store, "queue").await,
         rows_read(&store, "jobs").await,
     );
-    passes(&store, found[0].id, now).await;
+    passes(&store, found[0].id, ten[0].id, now).await;
     let queue = rows_read(&store, "queue").await - before.0;
     let jobs = rows_read(&store, "jobs").await - before.1;
     assert!(
         queue <= 100,
-        "the passes and a delete read {queue} queue rows"
+        "the passes, a delete and a requeue read {queue} queue rows"
     );
-    assert!(jobs <= 100, "the passes and a delete read {jobs} job rows");
+    assert!(
+        jobs <= 100,
+        "the passes, a delete and a requeue read {jobs} job rows"
+    );
 
     store.close().await;
     drop_schema(&schema);
 }
 
 /// What servers and people do besides fetching and completing: the recovery, promotion and
-/// expiry passes, the figures, a job's details and the delete of the enqueued job `id`.
-async fn passes(store: &PostgresStorage, id: firelane::JobId, now: chrono::DateTime<chrono::Utc>) {
+/// expiry passes, the figures, a job's details, the delete of the enqueued job `id` and the
+/// requeue of the succeeded job `done`.
+async fn passes(
+    store: &PostgresStorage,
+    id: firelane::JobId,
+    done: firelane::JobId,
+    now: chrono::DateTime<chrono::Utc>,
+) {
     store.recover(now, Duration::from_secs(60)).await.unwrap();
     store.promote_due(now, 100).await.unwrap();
     store
@@ -166,5 +175,7 @@ async fn passes(store: &PostgresStorage, id: firelane::JobId, now: chrono::DateT
     store.stats().await.unwrap();
     assert!(store.job(id).await.unwrap().is_some());
     let changed = store.delete(&[id], "test", now).await.unwrap();
+    assert_eq!(changed.len(), 1);
+    let changed = store.requeue(&[done], "test", now).await.unwrap();
     assert_eq!(changed.len(), 1);
 }
