@@ -130,11 +130,16 @@ pub(crate) fn drop_schema(schema: &str) {
 
 /// Opens a store in `schema` of the test database.
 pub(crate) async fn open(schema: &str) -> PostgresStorage {
+    open_with(schema, 8).await
+}
+
+/// Opens a store in `schema` of the test database with at most `connections` connections.
+pub(crate) async fn open_with(schema: &str, connections: u32) -> PostgresStorage {
     PostgresStorage::connect_with(
         PostgresConfig::from_url(&url())
             .unwrap()
             .schema(schema)
-            .max_connections(8),
+            .max_connections(connections),
     )
     .await
     .unwrap()
@@ -305,14 +310,7 @@ impl Storage for Scratch {
 /// A store in `schema` with a single connection, so that PostgreSQL's counts of what that
 /// connection read are the store's.
 pub(crate) async fn single_connection_store(schema: &str) -> PostgresStorage {
-    PostgresStorage::connect_with(
-        PostgresConfig::from_url(&url())
-            .unwrap()
-            .schema(schema)
-            .max_connections(1),
-    )
-    .await
-    .unwrap()
+    open_with(schema, 1).await
 }
 
 /// The rows of `table` that the store's only connection has read so far, by PostgreSQL's own
