@@ -131,6 +131,21 @@ impl Binds {
         }
         out
     }
+
+    /// The conditions of `query`'s creation time filter (a column of `jobs` only), each
+    /// starting with ` AND`.
+    fn created(&mut self, query: &JobQuery) -> String {
+        let mut out = String::new();
+        if let Some(from) = query.created_from {
+            let p = self.add(Bind::Time(t(from)));
+            out.push_str(&format!(" AND created_at >= {p}"));
+        }
+        if let Some(to) = query.created_to {
+            let p = self.add(Bind::Time(t(to)));
+            out.push_str(&format!(" AND created_at < {p}"));
+        }
+        out
+    }
 }
 
 /// [`firelane_core::Storage::list_jobs`].
@@ -195,15 +210,7 @@ async fn queue_page(
 ) -> OpResult<Vec<JobRecord>> {
     let mut binds = Binds::default();
     let picked = format!("true{}", binds.queue_and_name(query));
-    let mut created = String::new();
-    if let Some(from) = query.created_from {
-        let p = binds.add(Bind::Time(t(from)));
-        created.push_str(&format!(" AND j.created_at >= {p}"));
-    }
-    if let Some(to) = query.created_to {
-        let p = binds.add(Bind::Time(t(to)));
-        created.push_str(&format!(" AND j.created_at < {p}"));
-    }
+    let created = binds.created(query);
     let pl = binds.add(Bind::Int(limit));
     let po = binds.add(Bind::Int(offset));
     // The page is cut in the queue table, unless the creation time (only in `jobs`) filters.
@@ -287,14 +294,7 @@ async fn filtered(
         sql.push_str(" AND attempt > 0");
     }
     sql.push_str(&binds.queue_and_name(query));
-    if let Some(from) = query.created_from {
-        let p = binds.add(Bind::Time(t(from)));
-        sql.push_str(&format!(" AND created_at >= {p}"));
-    }
-    if let Some(to) = query.created_to {
-        let p = binds.add(Bind::Time(t(to)));
-        sql.push_str(&format!(" AND created_at < {p}"));
-    }
+    sql.push_str(&binds.created(query));
     if let Some(text) = &query.search {
         let text = text.trim();
         if let Ok(id) = text.parse::<JobId>() {
